@@ -1,0 +1,1 @@
+"""One module per `instructsam` subcommand; each exposes `register(subparsers)`."""
