@@ -1,0 +1,170 @@
+"""The training loss of the release: text CE + matched mask BCE/Dice on sampled points + score BCE.
+
+    loss = 1.0 * text_ce + 4.0 * mask_bce + 0.25 * mask_dice + 1.0 * score_bce
+
+- Matching: `HungarianMatcher` per phrase (see matcher.py).
+- Mask losses: each matched (query, instance) pair is compared on `num_points` points chosen by
+  uncertainty-based importance sampling (point_sampling.py); both terms are summed over pairs
+  and divided by the number of matched pairs (averaged over processes under DDP).
+- Score loss: BCE over all 10 queries of every phrase. A matched query's target is the soft
+  Dice of its (detached) mask against its instance, at least 0.1, so the score learns to
+  predict mask quality; an unmatched query's target is 0. A no-target phrase therefore pushes
+  all its scores towards 0.
+- Text CE: next-token cross entropy on the labels the processor built (-100 = ignored, which
+  covers the prompt, every `[SEG]` and the token after it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from instructsam_core.training.matcher import HungarianMatcher, MatchResult, resize_targets
+from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossWeights:
+    """Weights of the four terms; defaults are the release's."""
+
+    text: float = 1.0
+    mask_bce: float = 4.0
+    mask_dice: float = 0.25
+    score: float = 1.0
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row 1 - soft Dice for logits/targets [N, P] -> [N] (with +1 smoothing, as in the matcher)."""
+    probs = logits.sigmoid()
+    numerator = 2.0 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return 1.0 - (numerator + 1.0) / (denominator + 1.0)
+
+
+def soft_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row soft Dice coefficient in [0, 1] (no smoothing; 0 when both are empty) -> [N]."""
+    probs = logits.sigmoid()
+    numerator = 2.0 * (probs * targets).sum(-1)
+    denominator = (probs.sum(-1) + targets.sum(-1)).clamp_min(1e-6)
+    return numerator / denominator
+
+
+def text_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE: position t predicts labels[t + 1]; mean over non-ignored targets (0 if none)."""
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = labels[:, 1:].to(logits.device)
+    valid = shifted_labels != IGNORE_INDEX
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(shifted_logits[valid], shifted_labels[valid])
+
+
+def _global_mean_count(count: int, device: torch.device) -> float:
+    """Matched pairs per process averaged over DDP ranks (so every rank divides by the same number)."""
+    total = torch.tensor([float(count)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        total = total / dist.get_world_size()
+    return max(float(total.item()), 1.0)
+
+
+class SetCriterion:
+    """Computes the loss dict for one batch of phrases (see the module docstring)."""
+
+    def __init__(
+        self,
+        weights: LossWeights | None = None,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        min_score_target: float = 0.1,
+        matcher: HungarianMatcher | None = None,
+        point_mode: str = "nearest",
+    ) -> None:
+        self.weights = weights or LossWeights()
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.min_score_target = min_score_target
+        self.matcher = matcher or HungarianMatcher()
+        # Targets live on the logit grid and are binary. Reading both grids with "nearest" keeps
+        # point labels exactly 0/1, so a prediction that is right on every pixel has zero loss
+        # (bilinear labels would be 0.5 on every boundary, where BCE cannot go below ln 2).
+        self.point_mode = point_mode
+
+    def mask_losses(
+        self,
+        mask_logits: torch.Tensor,
+        targets: list[torch.Tensor],
+        match: MatchResult,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point-sampled BCE and Dice, each summed over matched pairs / (global) number of pairs."""
+        src, tgt = [], []
+        size = tuple(mask_logits.shape[-2:])
+        for phrase, (queries, instances) in enumerate(zip(match.query_indices, match.target_indices)):
+            if queries.numel() == 0:
+                continue
+            src.append(mask_logits[phrase, queries.to(mask_logits.device)])
+            # Targets live on the logit grid (nearest resize), the grid the matcher used.
+            tgt.append(resize_targets(targets[phrase][instances], size).to(mask_logits.device))
+        num_pairs = _global_mean_count(sum(s.shape[0] for s in src), mask_logits.device)
+        if not src:
+            zero = mask_logits.sum() * 0.0  # keeps the graph connected (DDP needs every grad)
+            return zero, zero.clone()
+        src_masks = torch.cat(src).float()
+        tgt_masks = torch.cat(tgt).float()
+        coords = uncertain_point_coords(
+            src_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio, generator,
+            self.point_mode,
+        )
+        with torch.no_grad():
+            point_labels = point_sample(tgt_masks, coords, self.point_mode)
+        point_logits = point_sample(src_masks, coords, self.point_mode)
+        bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(-1)
+        dice = dice_loss(point_logits, point_labels)
+        return bce.sum() / num_pairs, dice.sum() / num_pairs
+
+    def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
+        """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1); the rest 0."""
+        score_target = torch.zeros(mask_logits.shape[:2], device=mask_logits.device)
+        size = tuple(mask_logits.shape[-2:])
+        with torch.no_grad():
+            for phrase, (queries, instances) in enumerate(zip(match.query_indices, match.target_indices)):
+                if queries.numel() == 0:
+                    continue
+                queries = queries.to(mask_logits.device)
+                gt = resize_targets(targets[phrase][instances], size).to(mask_logits.device).flatten(1)
+                quality = soft_dice(mask_logits[phrase, queries].float().flatten(1), gt)
+                score_target[phrase, queries] = quality.clamp_min(self.min_score_target)
+        return score_target
+
+    def __call__(
+        self,
+        mask_logits: torch.Tensor,
+        score_logits: torch.Tensor,
+        targets: list[torch.Tensor],
+        text_logits: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Return {"loss", "text", "mask_bce", "mask_dice", "score"} (unweighted terms + weighted total).
+
+        `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
+        be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them).
+        """
+        match = self.matcher(mask_logits, score_logits, targets)
+        mask_bce, mask_dice = self.mask_losses(mask_logits, targets, match, generator)
+        score_target = self.score_targets(mask_logits, targets, match)
+        score = F.binary_cross_entropy_with_logits(score_logits.float(), score_target)
+        if text_logits is not None and labels is not None:
+            text = text_cross_entropy(text_logits, labels)
+        else:
+            text = score.new_zeros(())
+        w = self.weights
+        total = w.text * text + w.mask_bce * mask_bce + w.mask_dice * mask_dice + w.score * score
+        return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score}

@@ -1,0 +1,167 @@
+"""Matcher and loss tests on hand-computed cases."""
+import math
+
+import torch
+
+from instructsam_core.training.criterion import SetCriterion, dice_loss, soft_dice, text_cross_entropy
+from instructsam_core.training.matcher import HungarianMatcher, pairwise_bce_cost, pairwise_dice_cost
+from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
+
+
+def test_dice_and_bce_costs_on_2x2_by_hand():
+    # p = sigmoid([ln3, 0, 0, -ln3]) = [0.75, 0.5, 0.5, 0.25]; target = [1, 0, 0, 0]
+    logits = torch.tensor([[math.log(3.0), 0.0, 0.0, -math.log(3.0)]], dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    # dice = 1 - (2*0.75 + 1) / (2.0 + 1 + 1) = 1 - 2.5/4
+    assert torch.allclose(pairwise_dice_cost(logits, target), torch.tensor([[0.375]], dtype=torch.float64))
+    assert torch.allclose(dice_loss(logits, target), torch.tensor([0.375], dtype=torch.float64))
+    # BCE: pixel 1 -log(0.75)=ln(4/3); pixels 2,3 ln2; pixel 4 -log(0.75)=ln(4/3) -> mean = ln(8/3)/2
+    expected = math.log(8.0 / 3.0) / 2.0
+    assert torch.allclose(pairwise_bce_cost(logits, target), torch.tensor([[expected]], dtype=torch.float64))
+    # soft dice without smoothing: 1.5 / 3.0
+    assert torch.allclose(soft_dice(logits, target), torch.tensor([0.5], dtype=torch.float64))
+
+
+def test_pairwise_costs_are_all_pairs():
+    logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    dice = pairwise_dice_cost(logits, targets)
+    assert dice[0, 0] < 0.01 and dice[1, 1] < 0.01
+    # wrong pairing: sum p ~1, sum t 1, overlap ~0 -> 1 - 1/3
+    assert abs(dice[0, 1].item() - 2.0 / 3.0) < 1e-3 and abs(dice[1, 0].item() - 2.0 / 3.0) < 1e-3
+
+
+def _disjoint_masks(n, size=16):
+    masks = torch.zeros(n, size, size)
+    for i in range(n):
+        masks[i, :, i * 4 : i * 4 + 3] = 1.0
+    return masks
+
+
+def test_matcher_finds_known_permutation():
+    torch.manual_seed(0)
+    gt = _disjoint_masks(3)
+    logits = torch.randn(10, 16, 16) * 0.1 - 3.0  # unrelated, mostly-empty predictions
+    placement = {7: 0, 2: 1, 5: 2}  # query -> gt
+    for q, g in placement.items():
+        logits[q] = gt[g] * 20.0 - 10.0
+    scores = torch.zeros(10)
+    match = HungarianMatcher()(logits[None], scores[None], [gt])
+    got = dict(zip(match.query_indices[0].tolist(), match.target_indices[0].tolist()))
+    assert got == placement
+
+
+def test_matcher_uses_score_to_break_ties():
+    gt = _disjoint_masks(1)
+    logits = (gt[0] * 20.0 - 10.0).expand(10, 16, 16).clone()  # every query has the perfect mask
+    scores = torch.full((10,), -5.0)
+    scores[4] = 5.0  # cheapest softplus(-score)
+    match = HungarianMatcher()(logits[None], scores[None], [gt])
+    assert match.query_indices[0].tolist() == [4]
+
+
+def test_matcher_resizes_targets_nearest():
+    gt = torch.zeros(1, 32, 32)
+    gt[0, :16, :] = 1.0  # top half at 2x the logit resolution
+    logits = torch.full((10, 16, 16), -10.0)
+    logits[3, :8, :] = 10.0  # top half at the logit resolution
+    match = HungarianMatcher()(logits[None], torch.zeros(1, 10), [gt])
+    assert match.query_indices[0].tolist() == [3]
+
+
+def test_perfect_prediction_has_near_zero_mask_loss():
+    gt = _disjoint_masks(2)
+    logits = torch.full((1, 10, 16, 16), -20.0)
+    logits[0, 1] = gt[0] * 40.0 - 20.0
+    logits[0, 6] = gt[1] * 40.0 - 20.0
+    criterion = SetCriterion(num_points=200)
+    out = criterion(logits, torch.zeros(1, 10), [gt], generator=torch.Generator().manual_seed(0))
+    assert out["mask_bce"].item() < 1e-6
+    assert out["mask_dice"].item() < 1e-3
+    # and a wrong prediction is clearly worse
+    bad = criterion(-logits, torch.zeros(1, 10), [gt], generator=torch.Generator().manual_seed(0))
+    assert bad["mask_bce"].item() > 1.0
+
+
+def test_no_target_phrase_pushes_every_score_down():
+    logits = torch.randn(2, 10, 8, 8, requires_grad=True)
+    scores = torch.randn(2, 10, requires_grad=True)
+    out = SetCriterion(num_points=50)(logits, scores, [torch.zeros(0, 8, 8), torch.zeros(0, 8, 8)])
+    out["loss"].backward()
+    # d/dx BCE(x, 0) = sigmoid(x) / N > 0: gradient descent lowers every score
+    assert bool((scores.grad > 0).all())
+    expected = torch.sigmoid(scores.detach()) / 20.0
+    assert torch.allclose(scores.grad, expected, atol=1e-6)
+    assert out["mask_bce"].item() == 0.0 and out["mask_dice"].item() == 0.0
+    # mask logits stay in the graph (needed under DDP), with zero gradient
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
+
+
+def test_score_targets_soft_dice_with_floor():
+    gt = _disjoint_masks(2)
+    logits = torch.full((1, 10, 16, 16), -20.0)
+    logits[0, 0] = gt[0] * 40.0 - 20.0  # perfect -> target ~1
+    scores = torch.zeros(1, 10)
+    scores[0, 0] = 10.0
+    scores[0, 9] = 5.0  # query 9 is empty: matched to gt 1 with dice ~0 -> floor 0.1
+    criterion = SetCriterion(num_points=64)
+    match = criterion.matcher(logits, scores, [gt])
+    pairs = dict(zip(match.query_indices[0].tolist(), match.target_indices[0].tolist()))
+    assert pairs == {0: 0, 9: 1}
+    target = criterion.score_targets(logits, [gt], match)
+    assert abs(target[0, 0].item() - 1.0) < 1e-6
+    assert abs(target[0, 9].item() - 0.1) < 1e-6
+    assert float(target[0, 1:9].abs().sum()) == 0.0
+
+
+def test_matched_perfect_query_score_is_pushed_up():
+    gt = _disjoint_masks(1)
+    logits = torch.full((1, 10, 16, 16), -20.0)
+    logits[0, 2] = gt[0] * 40.0 - 20.0
+    scores = torch.zeros(1, 10, requires_grad=True)
+    SetCriterion(num_points=64)(logits, scores, [gt])["loss"].backward()
+    assert scores.grad[0, 2] < 0  # target ~1 > sigmoid(0)
+    others = torch.cat([scores.grad[0, :2], scores.grad[0, 3:]])
+    assert bool((others > 0).all())
+
+
+def test_point_sample_reads_pixel_centres():
+    masks = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    coords = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75], [0.5, 0.5]]])
+    assert torch.allclose(point_sample(masks, coords), torch.tensor([[1.0, 2.0, 3.0, 4.0, 2.5]]))
+
+
+def test_uncertain_points_concentrate_where_logits_are_zero():
+    logits = torch.zeros(1, 8, 8)
+    logits[0, :, 4:] = 10.0  # left half uncertain (logit 0), right half confident
+    gen = torch.Generator().manual_seed(0)
+    coords = uncertain_point_coords(logits, num_points=1000, importance_sample_ratio=1.0, generator=gen)
+    assert coords.shape == (1, 1000, 2)
+    # bilinear reads logit exactly 0 for x <= centre of column 3 (3.5 / 8)
+    assert float(coords[0, :, 0].max()) <= 3.5 / 8 + 1e-6
+    mixed = uncertain_point_coords(logits, num_points=1000, importance_sample_ratio=0.75, generator=gen)
+    assert float(mixed[0, 750:, 0].max()) > 0.6  # the random quarter covers the whole image
+
+
+def test_text_cross_entropy_by_hand():
+    vocab = 5
+    logits = torch.zeros(1, 4, vocab)
+    logits[0, 1, 3] = math.log(4.0)  # position 1 predicts token 3 with p = 4 / (4 + 4) = 0.5
+    labels = torch.tensor([[-100, -100, 3, 1]])  # targets for positions 1 and 2
+    # position 1 -> label 3: -log 0.5; position 2 -> label 1 with uniform logits: log 5
+    expected = (math.log(2.0) + math.log(5.0)) / 2.0
+    assert abs(text_cross_entropy(logits, labels).item() - expected) < 1e-6
+    assert text_cross_entropy(logits, torch.full((1, 4), -100)).item() == 0.0
+
+
+def test_total_is_weighted_sum():
+    torch.manual_seed(1)
+    gt = _disjoint_masks(2)
+    logits = torch.randn(1, 10, 16, 16)
+    text_logits = torch.randn(1, 5, 7)
+    labels = torch.tensor([[-100, 2, 3, -100, 1]])
+    out = SetCriterion(num_points=100)(logits, torch.randn(1, 10), [gt], text_logits, labels,
+                                       generator=torch.Generator().manual_seed(0))
+    total = out["text"] + 4.0 * out["mask_bce"] + 0.25 * out["mask_dice"] + 1.0 * out["score"]
+    assert torch.allclose(out["loss"], total)
+    assert out["text"].item() > 0
