@@ -1,0 +1,44 @@
+"""Instruction templates that turn an annotation into a user turn.
+
+Why several: a model trained on one fixed wording learns the wording; a handful of paraphrases
+(chosen deterministically per record, so a resumed run sees the same text) keeps it about the
+content. The Inst2Seg benchmark prompt (`text + " Please output the segmentation mask."`) is
+one of them, so evaluation wording is seen in training.
+"""
+from __future__ import annotations
+
+import random
+
+SEGMENTATION_SUFFIX = " Please output the segmentation mask."
+
+PHRASE_TEMPLATES = (
+    "{phrase}" + SEGMENTATION_SUFFIX,
+    "Can you segment '{phrase}' in the image?",
+    "Please segment {phrase} in this image.",
+    "Segment every instance of {phrase}.",
+    "Where is {phrase} in the image? Please output the segmentation mask.",
+)
+
+MULTI_PHRASE_TEMPLATES = (
+    "Please segment all instances of the following categories: {phrases}.",
+    "Can you segment {phrases} in the image?",
+    "{phrases}" + SEGMENTATION_SUFFIX,
+)
+
+
+def phrase_instruction(phrase: str, rng: random.Random) -> str:
+    """A user instruction asking for one phrase's instances."""
+    return rng.choice(PHRASE_TEMPLATES).format(phrase=phrase)
+
+
+def sentence_instruction(sentence: str, rng: random.Random) -> str:
+    """A referring/reasoning sentence is used as written; the suffix says what output is wanted."""
+    sentence = " ".join(sentence.split())
+    if rng.random() < 0.5 and "segment" not in sentence.lower():
+        return sentence + SEGMENTATION_SUFFIX
+    return sentence
+
+
+def multi_phrase_instruction(phrases: list[str], rng: random.Random) -> str:
+    """One instruction listing several categories (the `instseg` single-turn form)."""
+    return rng.choice(MULTI_PHRASE_TEMPLATES).format(phrases=", ".join(phrases))
