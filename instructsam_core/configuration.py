@@ -1,0 +1,65 @@
+"""InstructSamConfig: a Qwen3-VL config plus the SAM3 detector config and the query settings.
+
+It extends `Qwen3VLConfig` (rather than wrapping it) because the VLM half of the model *is* a
+Qwen3-VL model whose config fields (image token ids, vision/text sub-configs) are read directly;
+the released checkpoint's config.json is a Qwen3-VL config with extra fields, so it loads as is.
+"""
+from __future__ import annotations
+
+from transformers import Qwen3VLConfig, Sam3Config
+
+
+class InstructSamConfig(Qwen3VLConfig):
+    """Configuration of `InstructSamForSegmentation`.
+
+    num_queries_per_phrase: size of the instance-query bank (10 in the paper); also SAM3's
+        `num_queries`, since the projected bank replaces SAM3's learned object queries.
+    projector_dim: SAM3's DETR width (256); both projector MLPs end there.
+    max_phrase_tokens: phrase tokens fed to SAM3 as prompt tokens (at most 32).
+    *_token_id: ids of the special tokens of the answer layout (filled from the tokenizer).
+    sam3_image_size: side of the square image SAM3 sees (1008 for the real model).
+    """
+
+    model_type = "instructsam"
+    sub_configs_defaults = {**Qwen3VLConfig.sub_configs_defaults, "sam3_config": Sam3Config}
+
+    sam3_config: dict | Sam3Config | None = None
+    num_queries_per_phrase: int = 10
+    projector_dim: int = 256
+    max_phrase_tokens: int = 32
+    seg_token_id: int | None = None
+    mask_start_token_id: int | None = None
+    mask_end_token_id: int | None = None
+    ref_start_token_id: int | None = None
+    ref_end_token_id: int | None = None
+    im_end_token_id: int | None = None
+    score_threshold: float = 0.3
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # SAM3's decoder holds exactly one learned reference box per instance query.
+        decoder = self.sam3_config.detr_decoder_config
+        decoder.num_queries = self.num_queries_per_phrase
+        if self.sam3_config.detr_decoder_config.hidden_size != self.projector_dim:
+            raise ValueError(
+                f"projector_dim ({self.projector_dim}) must equal SAM3's DETR width "
+                f"({self.sam3_config.detr_decoder_config.hidden_size})"
+            )
+
+    @property
+    def sam3_image_size(self) -> int:
+        return int(self.sam3_config.vision_config.backbone_config.image_size)
+
+    @property
+    def text_hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    def special_token_ids(self) -> dict[str, int | None]:
+        return {
+            "seg": self.seg_token_id,
+            "mask_start": self.mask_start_token_id,
+            "mask_end": self.mask_end_token_id,
+            "ref_start": self.ref_start_token_id,
+            "ref_end": self.ref_end_token_id,
+            "im_end": self.im_end_token_id,
+        }
