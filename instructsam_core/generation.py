@@ -1,0 +1,87 @@
+"""Greedy decoding in which every generated `<|object_ref_end|>` opens a query block.
+
+When the model emits `<|object_ref_end|>`, the next step feeds the whole 13-token block
+(ref_end, mask_start, Q x [SEG], mask_end) at once under the hybrid mask and keeps the Q query
+states; the KV cache advances by the block's full length (the release advanced it by 10, a bug
+the reference design fixes). Decoding then continues from the block's last token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from instructsam_core.modeling import InstructSamForSegmentation
+
+
+@dataclass
+class GenerationResult:
+    """Generated answer tokens (blocks included), one phrase per block, and the block states [P, Q, H]."""
+
+    token_ids: list[int] = field(default_factory=list)
+    phrases: list[list[int]] = field(default_factory=list)
+    query_states: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def generate_queries(
+    model: InstructSamForSegmentation,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    image_grid_thw: torch.Tensor | None,
+    mm_token_type_ids: torch.Tensor | None,
+    max_new_tokens: int = 128,
+    forced_ids: list[int] | None = None,
+) -> GenerationResult:
+    """Decode one prompt (batch 1, no padding) greedily.
+
+    `forced_ids`, when given, are fed instead of the model's choices for the first steps
+    (teacher forcing through the same cached path), which lets tests compare this path with the
+    single-forward one on a known answer.
+    """
+    if input_ids.shape[0] != 1:
+        raise ValueError("generation runs one prompt at a time")
+    config = model.config
+    seg, ref_start, ref_end = config.seg_token_id, config.ref_start_token_id, config.ref_end_token_id
+    stop = {config.im_end_token_id, getattr(config.text_config, "eos_token_id", None)} - {None}
+    block_tail = [config.mask_start_token_id] + [seg] * config.num_queries_per_phrase + [config.mask_end_token_id]
+    forced = list(forced_ids or [])
+
+    embeds, visual_mask, deepstack = model.embed_tokens(input_ids, pixel_values, image_grid_thw)
+    positions, delta = model.position_ids(input_ids, mm_token_type_ids, image_grid_thw, None)
+    cache = DynamicCache(config=config.text_config)
+    hidden = model.run_language_model(embeds, input_ids, positions, None, cache, visual_mask, deepstack)
+
+    result = GenerationResult()
+    states: list[torch.Tensor] = []
+    phrase_start = 0  # index in result.token_ids where the current phrase may begin
+    while len(result.token_ids) < max_new_tokens:
+        token = forced.pop(0) if forced else int(model.lm_head(hidden[:, -1]).argmax(-1))
+        phrase = _current_phrase(result.token_ids[phrase_start:], ref_start)
+        step = [token]
+        if token == ref_end and phrase:
+            step = [token] + block_tail
+        result.token_ids.extend(step)
+        if token in stop:
+            break
+        ids = torch.tensor([step], dtype=torch.long, device=input_ids.device)
+        past = cache.get_seq_length()
+        step_positions = (torch.arange(past, past + len(step), device=ids.device) + delta[0]).view(1, 1, -1).expand(3, 1, -1)
+        step_embeds, _, _ = model.embed_tokens(ids)
+        hidden = model.run_language_model(step_embeds, ids, step_positions, None, cache)
+        if len(step) > 1:
+            states.append(hidden[0, 2 : 2 + config.num_queries_per_phrase])
+            result.phrases.append(phrase[: config.max_phrase_tokens])
+            phrase_start = len(result.token_ids)
+    if states:
+        result.query_states = torch.stack(states)
+    return result
+
+
+def _current_phrase(tokens: list[int], ref_start: int) -> list[int]:
+    """Tokens after the last `<|object_ref_start|>` (the phrase being closed), or [] if none."""
+    for index in range(len(tokens) - 1, -1, -1):
+        if tokens[index] == ref_start:
+            return tokens[index + 1 :]
+    return []

@@ -1,0 +1,237 @@
+"""Predictor: image + instruction -> instances on the input image's pixel grid.
+
+Two paths behind one API:
+  * generation: greedy decoding names the target phrases; each phrase's query block is fed as
+    soon as its `<|object_ref_end|>` appears; one SAM3 decode for all phrases at the end.
+  * single forward: when the phrases are known (given by the caller, cached from the previous
+    frame of a stream, or the instruction is itself a bare phrase) the whole answer layout is
+    prefilled in one pass - no token-by-token loop. This is the ROS node's per-frame path.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from instructsam_core import tokens as T
+from instructsam_core.errors import UserError
+from instructsam_core.generation import generate_queries
+from instructsam_core.images import as_rgb_array
+from instructsam_core.instances import Instance, Prediction, mask_to_box
+from instructsam_core.model_paths import resolve_model_dir
+from instructsam_core.modeling import InstructSamForSegmentation
+from instructsam_core.processing import InstructSamProcessor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(device: str, dtype: str | torch.dtype | None) -> torch.dtype:
+    """bf16 on GPUs that support it, float32 otherwise (CPU bf16 matmuls are slow on most CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def check_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is available")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def check_instruction(instruction: str) -> str:
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise UserError("the instruction is empty")
+    if len(instruction) > T.MAX_INSTRUCTION_CHARS:
+        raise UserError(f"the instruction is {len(instruction)} characters long; the limit is {T.MAX_INSTRUCTION_CHARS}")
+    return " ".join(instruction.split())
+
+
+class Predictor:
+    """Runs an InstructSAM model on images; see the module docstring for the two paths."""
+
+    def __init__(
+        self,
+        model: InstructSamForSegmentation,
+        processor: InstructSamProcessor,
+        threshold: float = 0.3,
+        max_instances: int = 100,
+        max_new_tokens: int = 128,
+        auto_phrase: bool = True,
+    ):
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"threshold must be in [0, 1], got {threshold}")
+        if max_instances < 1:
+            raise UserError(f"max_instances must be at least 1, got {max_instances}")
+        self.model = model.eval()
+        self.processor = processor
+        self.threshold = threshold
+        self.max_instances = max_instances
+        self.max_new_tokens = max_new_tokens
+        self.auto_phrase = auto_phrase
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        **kwargs,
+    ) -> "Predictor":
+        """Load `model_dir` (or `default`, the embedded model) onto `device`."""
+        path = resolve_model_dir(model_dir)
+        device = check_device(device)
+        model = InstructSamForSegmentation.from_pretrained(path, dtype=pick_dtype(device, dtype))
+        processor = InstructSamProcessor.from_pretrained(path, model.config)
+        return cls(model.to(device), processor, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    # -------------------------------------------------------------------- API
+    def predict(
+        self,
+        image,
+        instruction: str,
+        phrases: list[str] | None = None,
+        threshold: float | None = None,
+    ) -> Prediction:
+        """Instances for one image; `phrases` selects the single-forward path."""
+        return self.predict_batch([image], [instruction], None if phrases is None else [phrases], threshold)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: list,
+        instructions: list[str],
+        phrases: list[list[str] | None] | None = None,
+        threshold: float | None = None,
+    ) -> list[Prediction]:
+        """Instances for several (image, instruction) pairs; equal to calling `predict` on each."""
+        if len(images) != len(instructions):
+            raise UserError("predict_batch needs one instruction per image")
+        threshold = self.threshold if threshold is None else threshold
+        arrays = [as_rgb_array(image) for image in images]
+        instructions = [check_instruction(text) for text in instructions]
+        wanted = list(phrases) if phrases is not None else [None] * len(arrays)
+        for i, text in enumerate(instructions):
+            if wanted[i] is None and self.auto_phrase:
+                bare = T.plain_phrase(text)
+                wanted[i] = [bare] if bare else None
+            if wanted[i] is not None:
+                wanted[i] = [T.normalize_phrase(p) for p in wanted[i] if p and p.strip()]
+                if not wanted[i]:
+                    raise UserError("phrases were given but all are empty")
+        timings: dict[str, float] = {}
+        known = [i for i in range(len(arrays)) if wanted[i] is not None]
+        unknown = [i for i in range(len(arrays)) if wanted[i] is None]
+        # Per sample: (phrase texts, answer text, score logits [P, Q], mask logits [P, Q, h, w]).
+        raw: dict[int, tuple[list[str], str, torch.Tensor, torch.Tensor]] = {}
+        if known:
+            raw.update(self._single_forward([arrays[i] for i in known], [instructions[i] for i in known],
+                                            [wanted[i] for i in known], known, timings))
+        for i in unknown:
+            raw[i] = self._generate(arrays[i], instructions[i], timings)
+        results = []
+        for i, array in enumerate(arrays):
+            names, answer, logits, masks = raw[i]
+            with self._timed(timings, "postprocess"):
+                instances = self._instances(names, logits, masks, array.shape[:2], threshold)
+            results.append(Prediction(instructions[i], names, instances, array.shape[:2], answer, dict(timings)))
+        return results
+
+    # ------------------------------------------------------------------ paths
+    def _single_forward(self, arrays, instructions, phrase_lists, indices, timings):
+        with self._timed(timings, "preprocess"):
+            batch = self.processor(arrays, instructions, phrases=phrase_lists)
+            batch = {k: v.to(self.device) for k, v in batch.items() if k not in ("labels", "image_sizes")}
+        with self._timed(timings, "vlm"):
+            embeds, visual_mask, deepstack = self.model.embed_tokens(
+                batch["input_ids"], batch["pixel_values"].to(self.model.dtype), batch["image_grid_thw"]
+            )
+            positions, _ = self.model.position_ids(
+                batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], batch["attention_mask"]
+            )
+            hidden = self.model.run_language_model(
+                embeds, batch["input_ids"], positions, batch["attention_mask"], None, visual_mask, deepstack
+            )
+            is_seg = batch["input_ids"] == self.model.config.seg_token_id
+            queries = hidden[is_seg].reshape(-1, self.model.config.num_queries_per_phrase, hidden.shape[-1])
+            phrase_ids, rows = self.model.phrase_tokens(batch["input_ids"])
+        logits, masks = self._detect(queries, phrase_ids, rows, batch["sam_pixel_values"], timings)
+        out, start = {}, 0
+        for local, index in enumerate(indices):
+            count = rows.count(local)
+            out[index] = (phrase_lists[local], "", logits[start : start + count], masks[start : start + count])
+            start += count
+        return out
+
+    def _generate(self, array, instruction, timings):
+        with self._timed(timings, "preprocess"):
+            batch = self.processor([array], [instruction])
+            batch = {k: v.to(self.device) for k, v in batch.items() if k != "image_sizes"}
+        with self._timed(timings, "vlm"):
+            result = generate_queries(
+                self.model, batch["input_ids"], batch["pixel_values"].to(self.model.dtype), batch["image_grid_thw"],
+                batch["mm_token_type_ids"], max_new_tokens=self.max_new_tokens,
+            )
+        answer = self.processor.decode(result.token_ids)
+        if result.query_states is None:
+            empty = torch.zeros(0, self.model.config.num_queries_per_phrase)
+            return [], answer, empty, empty[:, :, None, None]
+        names = [T.normalize_phrase(self.processor.decode(p)) for p in result.phrases]
+        logits, masks = self._detect(result.query_states, result.phrases, [0] * len(names), batch["sam_pixel_values"], timings)
+        return names, answer, logits, masks
+
+    def _detect(self, queries, phrase_ids, rows, sam_pixel_values, timings):
+        with self._timed(timings, "sam_image_encoder"):
+            features = self.model.encode_sam_images(sam_pixel_values)
+        with self._timed(timings, "sam_decoder"):
+            ids, mask = self.model.pad_phrases(phrase_ids)
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            out = self.model.detect(queries, ids, mask, features, index)
+        return out.pred_logits.float().cpu(), out.pred_masks.float()
+
+    def _instances(self, names, logits, masks, size, threshold) -> list[Instance]:
+        """Keep queries scoring above the threshold, upsample their masks to the input size."""
+        if logits.numel() == 0:
+            return []
+        scores = logits.sigmoid()
+        flat = scores.flatten()
+        keep = torch.nonzero(flat > threshold).flatten() if threshold > 0 else torch.arange(flat.numel())
+        keep = keep[flat[keep].argsort(descending=True, stable=True)][: self.max_instances]
+        if keep.numel() == 0:
+            return []
+        num_queries = scores.shape[1]
+        phrase_index, query_index = keep // num_queries, keep % num_queries
+        selected = masks[phrase_index.to(masks.device), query_index.to(masks.device)]
+        # Bilinear upsampling of the logits straight to the input size (SAM3 saw a stretched square).
+        upsampled = F.interpolate(selected[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        binary = (upsampled > 0).cpu().numpy()
+        instances = []
+        for k in range(keep.numel()):
+            p, q = int(phrase_index[k]), int(query_index[k])
+            instances.append(Instance(names[p], float(scores[p, q]), binary[k], mask_to_box(binary[k]), p, q))
+        return instances
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], stage: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
