@@ -202,7 +202,7 @@ class Predictor:
             ids, mask = self.model.pad_phrases(phrase_ids)
             index = torch.tensor(rows, dtype=torch.long, device=self.device)
             out = self.model.detect(queries, ids, mask, features, index)
-        return out.pred_logits.float().cpu(), out.pred_masks.float()
+        return out.pred_logits.detach().float().cpu(), out.pred_masks.detach().float()
 
     def _instances(self, names, logits, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""

@@ -1,0 +1,80 @@
+"""`instructsam tiny` + `instructsam predict` end to end, and their one-line errors."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from instructsam_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "shapes.png"
+    image = np.full((150, 220, 3), 255, np.uint8)
+    cv2.circle(image, (60, 70), 30, (0, 0, 255), -1)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_tiny_then_predict_writes_instances_and_overlay(tmp_path, picture, capsys):
+    model = tmp_path / "model"
+    assert main(["tiny", "--out", str(model)]) == 0
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model), "--image", str(picture), "--instruction", "red circles",
+                 "--out", str(out), "--threshold", "0.0"])
+    assert code == 0
+    records = json.loads((out / "instances.json").read_text())
+    assert len(records) == 10  # threshold 0 keeps every query of the one phrase
+    for record in records:
+        assert record["phrase"] == "red circles"
+        assert 0.0 <= record["score"] <= 1.0
+        mask = mask_utils.decode({"size": record["segmentation"]["size"],
+                                  "counts": record["segmentation"]["counts"].encode()})
+        assert mask.shape == (150, 220)
+        assert record["area"] == int(mask.sum())
+        x, y, w, h = record["bbox"]
+        if record["area"]:
+            ys, xs = np.nonzero(mask)
+            assert [x, y, w, h] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+    overlay = cv2.imread(str(out / "overlay.png"))
+    assert overlay.shape == (150, 220, 3)
+    assert "red circles" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--model": "/nonexistent/model"}, "does not exist"),
+        ({"--image": "/nonexistent.png"}, "does not exist"),
+        ({"--instruction": "   "}, "instruction is empty"),
+        ({"--instruction": "x" * 5000}, "limit is"),
+        ({"--threshold": "1.5"}, "threshold"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tmp_path, picture, tiny_model_dir, capsys, change, message):
+    args = {"--model": str(tiny_model_dir), "--image": str(picture), "--instruction": "red circles",
+            "--out": str(tmp_path / "o")}
+    args.update(change)
+    code = main(["predict", *[item for pair in args.items() for item in pair]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_image_and_non_model_directory_are_one_line_errors(tmp_path, tiny_model_dir, picture, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    code = main(["predict", "--model", str(tiny_model_dir), "--image", str(broken), "--instruction", "a",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "cannot read image" in capsys.readouterr().err
+    not_model = tmp_path / "empty"
+    not_model.mkdir()
+    (not_model / "config.json").write_text("{}")
+    code = main(["predict", "--model", str(not_model), "--image", str(picture), "--instruction", "a",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no *.safetensors" in err

@@ -1,0 +1,256 @@
+"""Behaviour of the InstructSAM model on a tiny random-init instance (acceptance list of issue 2)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from instructsam_core import tokens as T
+from instructsam_core.errors import CheckpointError
+from instructsam_core.generation import generate_queries
+from instructsam_core.modeling import InstructSamForSegmentation
+from instructsam_core.predictor import Predictor
+from instructsam_core.processing import IGNORE_INDEX, InstructSamProcessor
+
+RELEASED_PREFIXES = (
+    "model.visual.", "model.language_model.", "lm_head.", "model.mask_queries",
+    "model.mask_hidden_fcs.0.0.", "model.mask_hidden_fcs.0.2.", "model.text_hidden_fcs.0.0.",
+    "model.text_hidden_fcs.0.2.", "model.grounding_model.model.",
+)
+
+
+def load(model_dir, seed: int = 1):
+    """Model + processor, with a random (non-zero) query bank so that the queries differ."""
+    model = InstructSamForSegmentation.from_pretrained(model_dir).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.model.mask_queries.copy_(torch.randn(model.model.mask_queries.shape, generator=generator))
+    return model, InstructSamProcessor.from_pretrained(model_dir, model.config)
+
+
+def image(height=72, width=104, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def model_inputs(batch):
+    return {k: v for k, v in batch.items() if k not in ("labels", "image_sizes")}
+
+
+def test_bank_rows_replace_seg_embeddings(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    batch = processor([image()], ["find them"], phrases=[["red circle", "blue square"]])
+    embeds, _, _ = model.embed_tokens(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"])
+    ids = batch["input_ids"][0]
+    seg_positions = torch.nonzero(ids == model.config.seg_token_id).flatten()
+    assert seg_positions.numel() == 2 * model.config.num_queries_per_phrase
+    bank = model.model.mask_queries
+    for n, position in enumerate(seg_positions.tolist()):
+        assert torch.equal(embeds[0, position], bank[n % 10])
+    text = (ids != model.config.seg_token_id) & (ids != model.config.image_token_id)
+    table = model.model.get_input_embeddings().weight
+    assert torch.equal(embeds[0, text], table[ids[text]])
+
+
+def test_queries_see_each_other_but_earlier_tokens_never_see_them(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    batch = processor([image()], ["find them"], phrases=[["red circle"]])
+    with torch.no_grad():
+        before = model(**model_inputs(batch))
+        model.model.mask_queries[9].add_(1.0)  # change only the last query of the block
+        after = model(**model_inputs(batch))
+    first_seg = int(torch.nonzero(batch["input_ids"][0] == model.config.seg_token_id)[0])
+    # Nothing before the block moves; the first query moves although it comes before query 9.
+    assert torch.equal(before.logits[0, :first_seg], after.logits[0, :first_seg])
+    assert not torch.allclose(before.query_states[0, 0], after.query_states[0, 0])
+
+
+def test_gradients_reach_bank_projectors_and_decoder_but_not_frozen_towers(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    model.train()
+    frozen = [model.model.visual, model.model.grounding_model.model.vision_encoder]
+    for module in frozen:
+        module.requires_grad_(False)
+    batch = processor([image()], ["find them"], answers=[T.answer_for_phrases(["red circle"], 10)])
+    out = model(**model_inputs(batch))
+    target = torch.zeros_like(out.pred_masks)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.pred_masks, target) + out.pred_logits.sigmoid().mean()
+    loss.backward()
+    backbone = model.model
+    trained = {
+        "bank": backbone.mask_queries,
+        "query projector": backbone.mask_hidden_fcs[0][0].weight,
+        "phrase projector": backbone.text_hidden_fcs[0][2].weight,
+        "sam decoder": backbone.grounding_model.model.detr_decoder.layers[0].self_attn.q_proj.weight,
+        "mask head": backbone.grounding_model.model.mask_decoder.instance_projection.weight,
+    }
+    for name, parameter in trained.items():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    for module in frozen:
+        assert all(p.grad is None for p in module.parameters())
+
+
+def test_labels_ignore_every_seg_and_the_token_after_it(tiny_model_dir):
+    _, processor = load(tiny_model_dir)
+    answer = T.answer_for_phrases(["red circle", "blue square"], 10)
+    batch = processor([image()], ["find them"], answers=[answer])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    seg = processor.token_ids[T.SEG]
+    mask_end = processor.token_ids[T.MASK_END]
+    assert (labels[ids == seg] == IGNORE_INDEX).all()
+    assert (labels[ids == mask_end] == IGNORE_INDEX).all()  # every <|mask_end|> follows a [SEG]
+    trained = labels != IGNORE_INDEX
+    answer_ids = processor.answer_ids(answer)
+    expected = sum(1 for i, t in enumerate(answer_ids) if t != seg and not (i and answer_ids[i - 1] == seg))
+    assert int(trained.sum()) == expected
+    assert int(labels[-1]) == processor.token_ids[T.IM_END]
+
+
+def forced_answer(processor, phrases):
+    """The answer ids a model would emit itself: blocks are injected after each ref_end."""
+    full = processor.answer_ids(T.answer_for_phrases(phrases, processor.num_queries))
+    block = {processor.token_ids[T.MASK_START], processor.token_ids[T.SEG], processor.token_ids[T.MASK_END]}
+    return [t for t in full if t not in block], full
+
+
+def test_generation_and_single_forward_agree_when_forced_to_the_same_phrases(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    predictor = Predictor(model, processor, threshold=0.0)
+    picture, instruction, phrases = image(), "Which things are round?", ["red circle", "blue ring"]
+    single = predictor.predict(picture, instruction, phrases=phrases)
+
+    prompt = processor([picture], [instruction])
+    forced, full = forced_answer(processor, phrases)
+    result = generate_queries(
+        model, prompt["input_ids"], prompt["pixel_values"], prompt["image_grid_thw"], prompt["mm_token_type_ids"],
+        max_new_tokens=len(full), forced_ids=forced,
+    )
+    assert result.token_ids == full  # blocks were injected after each <|object_ref_end|>
+    assert [processor.decode(p) for p in result.phrases] == phrases
+
+    teacher = processor([picture], [instruction], phrases=[phrases])
+    with torch.no_grad():
+        states = model(**model_inputs(teacher), compute_logits=False).query_states
+    torch.testing.assert_close(result.query_states, states, atol=2e-5, rtol=1e-4)
+
+    logits, masks = predictor._detect(result.query_states, result.phrases, [0, 0], prompt["sam_pixel_values"], {})
+    generated = predictor._instances(phrases, logits, masks, picture.shape[:2], 0.0)
+    assert len(generated) == len(single.instances) == 20
+    for a, b in zip(generated, single.instances):
+        assert (a.phrase, a.query_index) == (b.phrase, b.query_index)
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert (a.mask != b.mask).mean() < 1e-3
+
+
+def test_save_then_load_gives_identical_outputs(tiny_model_dir, tmp_path):
+    model, processor = load(tiny_model_dir)
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    shutil.copy(tiny_model_dir / "preprocessor_config.json", tmp_path)
+    reloaded = InstructSamForSegmentation.from_pretrained(tmp_path).eval()
+    batch = processor([image()], ["x"], phrases=[["red circle"]])
+    with torch.no_grad():
+        a, b = model(**model_inputs(batch)), reloaded(**model_inputs(batch))
+    for name in ("logits", "query_states", "pred_masks", "pred_logits"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def released_layout_copy(source, target, extra: dict | None = None, drop: tuple = ()):
+    """Re-write a model directory the way the authors' release stores it: two safetensors
+    shards plus an index, and the full SAM3 key set (text encoder, geometry encoder, presence
+    head) that InstructSAM leaves unused."""
+    state = load_file(source / "model.safetensors")
+    state.update(extra or {})
+    for key in drop:
+        state.pop(key)
+    target.mkdir(parents=True, exist_ok=True)
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    weight_map = {}
+    for name, shard_keys in shards.items():
+        save_file({k: state[k].contiguous() for k in shard_keys}, target / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard_keys})
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copy(source / name, target / name)
+    return target
+
+
+UNUSED_SAM3_KEYS = {
+    "model.grounding_model.model.text_encoder.text_model.final_layer_norm.weight": torch.ones(32),
+    "model.grounding_model.model.text_projection.weight": torch.zeros(32, 32),
+    "model.grounding_model.model.geometry_encoder.label_embed.weight": torch.zeros(2, 32),
+    "model.grounding_model.model.detr_decoder.presence_head.layer1.weight": torch.zeros(32, 32),
+}
+
+
+def test_released_key_layout_loads_without_conversion(tiny_model_dir, tmp_path):
+    keys = load_file(tiny_model_dir / "model.safetensors").keys()
+    assert all(k.startswith(RELEASED_PREFIXES) for k in keys)
+    assert "model.mask_queries" in keys and "model.mask_hidden_fcs.0.2.weight" in keys
+    released = released_layout_copy(tiny_model_dir, tmp_path / "released", extra=UNUSED_SAM3_KEYS)
+    original = InstructSamForSegmentation.from_pretrained(tiny_model_dir).eval()
+    loaded = InstructSamForSegmentation.from_pretrained(released).eval()
+    processor = InstructSamProcessor.from_pretrained(released)
+    batch = processor([image()], ["x"], phrases=[["blue square"]])
+    with torch.no_grad():
+        a, b = original(**model_inputs(batch)), loaded(**model_inputs(batch))
+    assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(a.logits, b.logits)
+
+
+def test_missing_and_unexpected_keys_are_errors_that_name_them(tiny_model_dir, tmp_path):
+    missing = released_layout_copy(tiny_model_dir, tmp_path / "missing", drop=("model.text_hidden_fcs.0.0.weight",))
+    with pytest.raises(CheckpointError, match=r"missing: model\.text_hidden_fcs\.0\.0\.weight"):
+        InstructSamForSegmentation.from_pretrained(missing)
+    extra = {"model.grounding_model.model.detr_decoder.bogus.weight": torch.zeros(3)}
+    unexpected = released_layout_copy(tiny_model_dir, tmp_path / "unexpected", extra=extra)
+    with pytest.raises(CheckpointError, match=r"unexpected: model\.grounding_model\.model\.detr_decoder\.bogus\.weight"):
+        InstructSamForSegmentation.from_pretrained(unexpected)
+
+
+@pytest.mark.parametrize("size", [(37, 91), (120, 48)])
+def test_instances_come_back_at_the_input_resolution(tiny_model_dir, size):
+    model, processor = load(tiny_model_dir)
+    predictor = Predictor(model, processor, threshold=0.0, max_instances=7)
+    prediction = predictor.predict(image(*size), "red circles")
+    assert prediction.phrases == ["red circles"]  # a bare phrase takes the single-forward path
+    assert len(prediction.instances) == 7
+    height, width = size
+    scores = [inst.score for inst in prediction.instances]
+    assert scores == sorted(scores, reverse=True)
+    for inst in prediction.instances:
+        assert inst.mask.shape == size and inst.mask.dtype == bool
+        x0, y0, x1, y1 = inst.box
+        assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+        if inst.mask.any():
+            ys, xs = np.nonzero(inst.mask)
+            assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_batch_gives_the_same_instances_as_one_by_one(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    predictor = Predictor(model, processor, threshold=0.0, max_new_tokens=8)
+    images = [image(64, 96, seed=1), image(100, 50, seed=2), image(80, 80, seed=3)]
+    instructions = ["red circles", "Which one holds water?", "the blue square left of the star"]
+    phrases = [None, None, ["blue square", "star"]]
+    batched = predictor.predict_batch(images, instructions, phrases)
+    for i in range(3):
+        single = predictor.predict(images[i], instructions[i], phrases[i])
+        assert batched[i].phrases == single.phrases
+        assert len(batched[i].instances) == len(single.instances)
+        for a, b in zip(batched[i].instances, single.instances):
+            assert (a.phrase_index, a.query_index) == (b.phrase_index, b.query_index)
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+            assert (a.mask != b.mask).mean() < 1e-3
+
+
+def test_threshold_keeps_only_scores_above_it(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    everything = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
+    cut = float(np.median([inst.score for inst in everything.instances]))
+    kept = Predictor(model, processor, threshold=cut).predict(image(), "stars")
+    assert [i.score for i in kept.instances] == [i.score for i in everything.instances if i.score > cut]
