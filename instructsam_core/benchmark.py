@@ -1,0 +1,153 @@
+"""Speed of each inference stage, and of the three flows, measured in one run.
+
+Flows compared (same image, instruction and phrase):
+  * single_forward: prompt + known answer layout in one prefill, then one SAM3 decode;
+  * generation: prefill of the prompt, token-by-token decoding (the query block fed whole
+    after `<|object_ref_end|>`), then one SAM3 decode;
+  * release: the authors' inference flow - generation first, SAM3 image encoding started only
+    after the text is finished, and the phrase prompts re-embedded per phrase (no sharing of
+    image features across a batch). Here it costs the same stages as `generation` run strictly
+    in sequence, which is what the release does.
+The ratio single_forward / generation is the per-frame gain of the ROS node's streaming path.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from instructsam_core import tokens as T
+from instructsam_core.generation import generate_queries
+from instructsam_core.predictor import Predictor
+
+
+@dataclass
+class BenchReport:
+    stages: dict[str, float] = field(default_factory=dict)  # median seconds
+    flows: dict[str, float] = field(default_factory=dict)
+    info: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = ["InstructSAM inference benchmark"]
+        lines += [f"  {key}: {value}" for key, value in self.info.items()]
+        lines.append("  stage medians:")
+        lines += [f"    {name:<28} {1000 * value:10.2f} ms" for name, value in self.stages.items()]
+        lines.append("  flow medians (end to end, one image, one phrase):")
+        lines += [f"    {name:<28} {1000 * value:10.2f} ms" for name, value in self.flows.items()]
+        if self.flows.get("generation"):
+            ratio = self.flows["single_forward"] / self.flows["generation"]
+            lines.append(f"  ratio single_forward / generation: {ratio:.3f} ({1 / ratio:.2f}x faster per frame)")
+        return "\n".join(lines)
+
+
+def _median_time(fn, repeats: int, device: torch.device) -> float:
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def run_benchmark(
+    predictor: Predictor,
+    width: int = 640,
+    height: int = 480,
+    phrase: str = "red circle",
+    instruction: str = "Which objects are round? Please output the segmentation mask.",
+    repeats: int = 5,
+    warmup: int = 1,
+) -> BenchReport:
+    model, processor, device = predictor.model, predictor.processor, predictor.device
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    prompt = {k: v.to(device) for k, v in processor([image], [instruction]).items() if k != "image_sizes"}
+    full = {k: v.to(device) for k, v in processor([image], [instruction], phrases=[[phrase]]).items()
+            if k not in ("labels", "image_sizes")}
+    pixel_values = prompt["pixel_values"].to(model.dtype)
+    answer = processor.answer_ids(T.answer_for_phrases([phrase], processor.num_queries))
+    block = {processor.token_ids[t] for t in (T.MASK_START, T.SEG, T.MASK_END)}
+    forced = [t for t in answer if t not in block]
+    generated_steps = len(forced)  # one step per emitted token; the block rides with ref_end
+
+    def vision():
+        model.model.get_image_features(pixel_values, prompt["image_grid_thw"], return_dict=True)
+
+    def prefill(batch):
+        embeds, visual, deep = model.embed_tokens(batch["input_ids"], batch["pixel_values"].to(model.dtype),
+                                                  batch["image_grid_thw"])
+        positions, _ = model.position_ids(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], None)
+        return model.run_language_model(embeds, batch["input_ids"], positions, None, None, visual, deep)
+
+    def generation_vlm():
+        return generate_queries(model, prompt["input_ids"], pixel_values, prompt["image_grid_thw"],
+                                prompt["mm_token_type_ids"], max_new_tokens=len(answer), forced_ids=forced)
+
+    sam_pixels = prompt["sam_pixel_values"]
+    features = model.encode_sam_images(sam_pixels)
+    states = generation_vlm().query_states
+    ids, mask = model.pad_phrases([processor._encode(phrase)])
+    index = torch.zeros(1, dtype=torch.long, device=device)
+    detected = model.detect(states, ids, mask, features, index)
+    logits, masks = detected.pred_logits.float().cpu(), detected.pred_masks.float()
+
+    stages_fns = {
+        "vlm_vision_tower": vision,
+        "vlm_prefill_prompt": lambda: prefill(prompt),
+        "vlm_prefill_with_answer": lambda: prefill(full),
+        "generation_all_steps": generation_vlm,
+        "sam3_image_encoder": lambda: model.encode_sam_images(sam_pixels),
+        "sam3_decoder_and_mask_head": lambda: model.detect(states, ids, mask, features, index),
+        "postprocess": lambda: predictor._instances([phrase], logits, masks, (height, width), predictor.threshold),
+    }
+    def generation_flow():
+        batch = {k: v.to(device) for k, v in processor([image], [instruction]).items() if k != "image_sizes"}
+        result = generate_queries(model, batch["input_ids"], batch["pixel_values"].to(model.dtype),
+                                  batch["image_grid_thw"], batch["mm_token_type_ids"], max_new_tokens=len(answer),
+                                  forced_ids=forced)
+        out = model.detect(result.query_states, ids, mask, model.encode_sam_images(batch["sam_pixel_values"]), index)
+        predictor._instances([phrase], out.pred_logits.float().cpu(), out.pred_masks.float(), (height, width),
+                             predictor.threshold)
+
+    # Both flows include preprocessing and post-processing, so their ratio is the per-frame gain.
+    flows_fns = {
+        "single_forward": lambda: predictor.predict(image, instruction, phrases=[phrase]),
+        "generation": generation_flow,
+    }
+    for fn in list(stages_fns.values()) + list(flows_fns.values()):
+        for _ in range(warmup):
+            fn()
+    report = BenchReport()
+    for name, fn in stages_fns.items():
+        report.stages[name] = _median_time(fn, repeats, device)
+    # Per-token cost: decoding steps beyond the prefill, spread over the emitted tokens.
+    decode = max(0.0, report.stages["generation_all_steps"] - report.stages["vlm_prefill_prompt"]
+                 - report.stages["vlm_vision_tower"])
+    report.stages["vlm_per_generated_token"] = decode / generated_steps
+    for name, fn in flows_fns.items():
+        report.flows[name] = _median_time(fn, repeats, device)
+    # The release's flow: generation, then SAM3 image encoding + decode strictly afterwards and
+    # the output upsampled by the same post-processing; on one device this is the stage sum.
+    report.flows["release_flow"] = (report.stages["generation_all_steps"] + report.stages["sam3_image_encoder"]
+                                    + report.stages["sam3_decoder_and_mask_head"] + report.stages["postprocess"])
+    report.info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "input image": f"{width}x{height}",
+        "vlm grid (t,h,w)": str(tuple(prompt["image_grid_thw"][0].tolist())),
+        "vlm prompt tokens": str(prompt["input_ids"].shape[1]),
+        "sam3 input": f"{processor.sam_image_size}x{processor.sam_image_size}",
+        "generated tokens": str(generated_steps),
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M",
+        "repeats": str(repeats),
+        "torch": torch.__version__,
+    }
+    return report
