@@ -1,0 +1,139 @@
+"""Counters and timings of the stream, and their /diagnostics message.
+
+Everything a user needs to tell "no output" apart: is the node active, does it have an
+instruction, do frames arrive, are they dropped (replaced by a newer frame, too old, or
+malformed), how long the model takes, how old frames are when processed, and how much device
+memory the model holds.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+OK = DiagnosticStatus.OK
+WARN = DiagnosticStatus.WARN
+ERROR = DiagnosticStatus.ERROR
+
+
+@dataclass
+class FrameTiming:
+    finished: float  # monotonic seconds
+    processing_latency: float  # arrival -> publish
+    model_latency: float
+    frame_age: float  # stamp -> start of processing
+
+
+class StreamStats:
+    """Thread-safe counters shared by the image callback, the worker and the timer."""
+
+    def __init__(self, window: int = 200, fps_window_s: float = 5.0) -> None:
+        self._lock = threading.Lock()
+        self._timings: deque[FrameTiming] = deque(maxlen=window)
+        self.fps_window_s = fps_window_s
+        self.received = 0
+        self.processed = 0
+        self.dropped_replaced = 0
+        self.dropped_stale = 0
+        self.dropped_bad_input = 0
+        self.skipped_no_instruction = 0
+        self.last_problem = ""
+
+    def count(self, field: str, problem: str | None = None) -> None:
+        with self._lock:
+            setattr(self, field, getattr(self, field) + 1)
+            if problem:
+                self.last_problem = problem
+
+    def record(self, timing: FrameTiming) -> None:
+        with self._lock:
+            self.processed += 1
+            self._timings.append(timing)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_replaced + self.dropped_stale + self.dropped_bad_input
+
+    def summary(self, now: float | None = None) -> dict[str, float]:
+        """Median/p95 latencies (seconds) over the window and fps over the last seconds."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            timings = list(self._timings)
+        recent = [t for t in timings if now - t.finished <= self.fps_window_s]
+        out = {"fps": 0.0}
+        if len(recent) >= 2:
+            span = recent[-1].finished - recent[0].finished
+            out["fps"] = (len(recent) - 1) / span if span > 0 else 0.0
+        elif len(recent) == 1:
+            out["fps"] = 1.0 / self.fps_window_s
+        for name in ("processing_latency", "model_latency", "frame_age"):
+            values = np.array([getattr(t, name) for t in timings], dtype=np.float64)
+            out[f"{name}_median"] = float(np.median(values)) if values.size else 0.0
+            out[f"{name}_p95"] = float(np.percentile(values, 95)) if values.size else 0.0
+        return out
+
+
+def device_memory_bytes(device: str | None) -> tuple[str, int]:
+    """(what was measured, bytes): CUDA memory held by torch on a GPU, else the process RSS."""
+    if device and device.startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda_reserved", int(torch.cuda.memory_reserved(torch.device(device)))
+        except Exception:  # noqa: BLE001 - diagnostics must never raise
+            pass
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return "process_rss", pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return "unknown", 0
+
+
+def build_diagnostics(
+    name: str,
+    hardware_id: str,
+    level: int,
+    message: str,
+    stats: StreamStats,
+    extra: dict[str, str],
+    stamp,
+    device: str | None,
+) -> DiagnosticArray:
+    """A DiagnosticArray with one status for the node."""
+    summary = stats.summary()
+    kind, memory = device_memory_bytes(device)
+    values = {
+        **extra,
+        "frames_received": str(stats.received),
+        "frames_processed": str(stats.processed),
+        "frames_dropped": str(stats.dropped),
+        "dropped_replaced_by_newer": str(stats.dropped_replaced),
+        "dropped_too_old": str(stats.dropped_stale),
+        "dropped_bad_input": str(stats.dropped_bad_input),
+        "skipped_no_instruction": str(stats.skipped_no_instruction),
+        "fps": f"{summary['fps']:.2f}",
+        "latency_median_ms": f"{summary['processing_latency_median'] * 1e3:.1f}",
+        "latency_p95_ms": f"{summary['processing_latency_p95'] * 1e3:.1f}",
+        "model_latency_median_ms": f"{summary['model_latency_median'] * 1e3:.1f}",
+        "frame_age_median_ms": f"{summary['frame_age_median'] * 1e3:.1f}",
+        "device_memory_mb": f"{memory / 2**20:.1f}",
+        "device_memory_kind": kind,
+        "last_problem": stats.last_problem,
+    }
+    status = DiagnosticStatus()
+    status.level = bytes([level]) if isinstance(level, int) else level
+    status.name = name
+    status.hardware_id = hardware_id
+    status.message = message
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [status]
+    return array

@@ -1,0 +1,132 @@
+"""Every parameter of the segment node: default, meaning, when it applies, how it is checked.
+
+One table serves the node (declaration, descriptors, validation at set time), the launch-file
+and YAML tests (every parameter they set must be declared here) and the README. Validation
+runs when a parameter is set, so `ros2 param set` gets a clear refusal instead of a node that
+fails later.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from instructsam_core.tokens import MAX_INSTRUCTION_CHARS  # one limit for the CLI and the node
+
+# When a change takes effect.
+START = "start"  # read once when the node starts
+LIVE = "live"  # the next frame
+CONFIGURE = "configure"  # the next configure transition (model, device, topics, QoS)
+
+RELIABILITY_CHOICES = ("best_effort", "reliable")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+    applies: str
+    check: Callable[[Any], str | None] | None = None  # returns a reason when the value is bad
+
+
+def _in_range(low: float, high: float, low_open: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if (value <= low if low_open else value < low) or value > high:
+            bracket = "(" if low_open else "["
+            return f"must be in {bracket}{low}, {high}]"
+        return None
+
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _device(value: Any) -> str | None:
+    return None if _DEVICE_RE.match(value) else "must be auto, cpu, mps, cuda or cuda:N"
+
+
+def _nonempty(value: Any) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _instruction(value: Any) -> str | None:
+    return None if len(value) <= MAX_INSTRUCTION_CHARS else f"is longer than {MAX_INSTRUCTION_CHARS} characters"
+
+
+def _phrases(value: Any) -> str | None:
+    if any(not p.strip() for p in value):
+        return "must not contain empty phrases"
+    if len(value) > 32:
+        return "may hold at most 32 phrases"
+    return None
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("autostart", True, "configure and activate on start-up (false: wait for lifecycle transitions)", START),
+    ParameterSpec("model", "default", "model directory, or 'default' for the embedded model", CONFIGURE, _nonempty),
+    ParameterSpec("device", "auto", "auto (cuda when available), cpu, cuda, cuda:N or mps", CONFIGURE, _device),
+    ParameterSpec("dtype", "auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16", CONFIGURE, _choice(DTYPE_CHOICES)),
+    ParameterSpec("warmup", True, "run one inference on configure so the first frame is not slow", CONFIGURE),
+    ParameterSpec("instruction", "", "instruction to start with; setting it replaces the current instruction", LIVE, _instruction),
+    ParameterSpec("phrases", [], "fixed target phrases: skip generation and segment these (empty: generate from the instruction)", LIVE, None),
+    ParameterSpec("threshold", 0.3, "minimum instance score", LIVE, _in_range(0.0, 1.0)),
+    ParameterSpec("max_instances", 100, "most instances per frame (highest scores kept)", LIVE, _in_range(1, 1000)),
+    ParameterSpec("max_input_pixels", 4096 * 4096, "frames with more pixels are dropped", LIVE, _in_range(1, 1 << 28)),
+    ParameterSpec("max_frame_age", 0.5, "seconds; frames older than this when the model is free are dropped (0: never)", LIVE, _in_range(0.0, 3600.0)),
+    ParameterSpec("regenerate_period", 0.0, "seconds after which the phrases are generated again from the current frame (0: only when the instruction changes)", LIVE, _in_range(0.0, 86400.0)),
+    ParameterSpec("empty_retry_period", 1.0, "seconds after which an instruction that gave no phrases is generated again (0: never)", LIVE, _in_range(0.0, 86400.0)),
+    ParameterSpec("tracking_iou", 0.3, "box IoU needed to keep an instance id from the previous frames", LIVE, _in_range(0.0, 1.0, low_open=True)),
+    ParameterSpec("use_compressed", False, "subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image", CONFIGURE),
+    ParameterSpec("image_qos_reliability", "best_effort", "input QoS; best_effort matches both kinds of publisher", CONFIGURE, _choice(RELIABILITY_CHOICES)),
+    ParameterSpec("image_qos_depth", 1, "input queue depth (1: latest frame only)", CONFIGURE, _in_range(1, 100)),
+    ParameterSpec("output_qos_reliability", "reliable", "QoS of segmentation, label_image and overlay", CONFIGURE, _choice(RELIABILITY_CHOICES)),
+    ParameterSpec("output_qos_depth", 2, "output queue depth", CONFIGURE, _in_range(1, 100)),
+    ParameterSpec("publish_label_image", True, "publish label_image (mono16) while someone subscribes", LIVE),
+    ParameterSpec("publish_overlay", True, "publish overlay (rgb8) while someone subscribes", LIVE),
+    ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", CONFIGURE, _in_range(0.05, 3600.0)),
+)
+# `phrases` is declared with dynamic typing: an empty default would otherwise be a byte array.
+DYNAMIC_TYPED = frozenset({"phrases"})
+PARAMETER_NAMES = frozenset(spec.name for spec in PARAMETERS)
+
+
+def spec(name: str) -> ParameterSpec:
+    for entry in PARAMETERS:
+        if entry.name == name:
+            return entry
+    raise KeyError(name)
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None when `value` is acceptable for parameter `name`, else a one-line reason."""
+    entry = spec(name)
+    expected = type(entry.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list:
+        if not isinstance(value, str) and hasattr(value, "__len__") and len(value) == 0:
+            return None  # an empty list of any element type (YAML `[]` has none)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{name} must be a list of strings"
+        reason = _phrases(value)
+        return f"{name} {reason}" if reason else None
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{name} must be of type {expected.__name__}, got {type(value).__name__}"
+    if entry.check is None:
+        return None
+    reason = entry.check(value)
+    return f"{name} {reason}" if reason else None
+
+
+def clean_phrases(value: Any) -> list[str]:
+    """The `phrases` parameter, trimmed (an empty list: generate phrases from the instruction)."""
+    return [p.strip() for p in (value or [])]

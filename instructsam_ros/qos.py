@@ -1,0 +1,38 @@
+"""QoS profiles from the node's parameters.
+
+The most common "no output" report about perception nodes is a reliability mismatch: a
+reliable subscription never matches a best-effort camera. The input therefore defaults to
+best effort (it matches both kinds of publisher) with depth 1 (only the latest frame matters);
+outputs default to reliable so that recorders and slow consumers get every result.
+The instruction topic is reliable + transient local so that a node started after the
+instruction was published still receives it.
+"""
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+_RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+
+
+def stream_qos(reliability: str, depth: int) -> QoSProfile:
+    """Keep-last, volatile QoS for image and result streams."""
+    if reliability not in _RELIABILITY:
+        raise ValueError(f"reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=_RELIABILITY[reliability],
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def instruction_qos() -> QoSProfile:
+    """Reliable, transient local, depth 1: the latest instruction reaches late joiners."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )

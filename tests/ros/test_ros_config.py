@@ -1,0 +1,186 @@
+"""Parameters, the launch file, the parameter YAML, the DDS profile, QoS and diagnostics."""
+from __future__ import annotations
+
+import ast
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+from instructsam_ros.diagnostics import FrameTiming, StreamStats, build_diagnostics
+from instructsam_ros.parameters import PARAMETER_NAMES, PARAMETERS, validate
+from instructsam_ros.qos import instruction_qos, stream_qos
+from instructsam_ros.segment_node import ProblemLog, use_large_data_profile
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "launch" / "segment.launch.py"
+CONFIG = REPO / "instructsam_ros" / "config"
+
+
+def test_every_default_is_valid():
+    for entry in PARAMETERS:
+        assert validate(entry.name, entry.default) is None, entry.name
+
+
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("threshold", 1.5, "in [0.0, 1.0]"),
+        ("threshold", "high", "must be of type float"),
+        ("max_instances", 0, "in [1, 1000]"),
+        ("max_instances", True, "must be of type int"),
+        ("device", "gpu", "auto, cpu"),
+        ("dtype", "int8", "one of auto"),
+        ("image_qos_reliability", "fast", "best_effort, reliable"),
+        ("max_frame_age", -0.1, "in [0.0"),
+        ("tracking_iou", 0.0, "in (0.0"),
+        ("phrases", ["cup", " "], "empty phrases"),
+        ("phrases", [1, 2], "list of strings"),
+        ("instruction", "x" * 2001, "longer than 2000"),
+        ("model", "  ", "must not be empty"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(name, value, words):
+    reason = validate(name, value)
+    assert reason is not None and words in reason and reason.startswith(name)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("threshold", 0), ("threshold", 1.0), ("device", "cuda:1"), ("phrases", []), ("phrases", ["red cup"]), ("max_frame_age", 0.0)],
+)
+def test_good_values_pass(name, value):
+    assert validate(name, value) is None
+
+
+def _launch_tree():
+    return ast.parse(LAUNCH.read_text())
+
+
+def test_launch_file_sets_only_declared_parameters():
+    tree = _launch_tree()
+    node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    assert len(node_calls) == 1
+    keywords = {k.arg: k.value for k in node_calls[0].keywords}
+    assert ast.literal_eval(keywords["package"]) == "instructsam_ros"
+    assert ast.literal_eval(keywords["executable"]) == "segment_node"
+    dicts = [n for n in ast.walk(keywords["parameters"]) if isinstance(n, ast.Dict)]
+    names = {ast.literal_eval(k) for d in dicts for k in d.keys}
+    assert names, "the launch file passes no parameters"
+    assert names <= PARAMETER_NAMES, names - PARAMETER_NAMES
+    # The launch arguments the issue asks for exist.
+    declared = {
+        ast.literal_eval(n.args[0])
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"
+    }
+    assert {"model", "device", "image", "namespace", "use_compressed", "threshold"} <= declared
+    used = {
+        ast.literal_eval(n.args[0])
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "LaunchConfiguration"
+    }
+    assert used <= declared, used - declared
+
+
+def test_launch_file_uses_the_packaged_config_files():
+    source = LAUNCH.read_text()
+    for name in ("segment_node.yaml", "fastdds_large_data.xml"):
+        assert f'"{name}"' in source and (CONFIG / name).is_file()
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" in source
+
+
+def test_parameter_yaml_holds_only_declared_valid_parameters():
+    data = yaml.safe_load((CONFIG / "segment_node.yaml").read_text())
+    params = data["/**"]["ros__parameters"]
+    assert set(params) <= PARAMETER_NAMES, set(params) - PARAMETER_NAMES
+    for name, value in params.items():
+        assert validate(name, value) is None, (name, value)
+
+
+def test_fastdds_profile_enlarges_shared_memory_and_is_the_default():
+    root = ET.parse(CONFIG / "fastdds_large_data.xml").getroot()
+    ns = {"d": "http://www.eprosima.com"}
+    shm = [t for t in root.iterfind(".//d:transport_descriptor", ns) if t.findtext("d:type", namespaces=ns) == "SHM"]
+    assert len(shm) == 1
+    assert int(shm[0].findtext("d:segment_size", namespaces=ns)) >= 1280 * 720 * 3 * 2
+    participant = root.find(".//d:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    assert participant.findtext(".//d:useBuiltinTransports", namespaces=ns) == "false"
+
+
+def test_large_data_profile_is_set_only_when_the_user_has_none():
+    env: dict[str, str] = {}
+    use_large_data_profile(env)
+    assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_large_data.xml"
+    mine = {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
+    use_large_data_profile(mine)
+    assert mine["FASTDDS_DEFAULT_PROFILES_FILE"] == "/etc/my.xml"
+    off = {"INSTRUCTSAM_FASTDDS_PROFILE": "0"}
+    use_large_data_profile(off)
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in off
+
+
+def test_qos_profiles():
+    best = stream_qos("best_effort", 1)
+    assert best.reliability == ReliabilityPolicy.BEST_EFFORT and best.depth == 1
+    assert stream_qos("reliable", 3).reliability == ReliabilityPolicy.RELIABLE
+    latched = instruction_qos()
+    assert latched.durability == DurabilityPolicy.TRANSIENT_LOCAL and latched.reliability == ReliabilityPolicy.RELIABLE
+    with pytest.raises(ValueError):
+        stream_qos("sometimes", 1)
+    with pytest.raises(ValueError):
+        stream_qos("reliable", 0)
+
+
+def test_stream_stats_summary_by_hand():
+    stats = StreamStats(fps_window_s=5.0)
+    # Finished at t = 10, 10.5, 11, 11.5: 3 intervals over 1.5 s -> 2 fps.
+    for k, latency in enumerate([0.1, 0.2, 0.3, 0.4]):
+        stats.record(FrameTiming(10.0 + 0.5 * k, latency, latency / 2, 0.01 * k))
+    stats.count("dropped_stale", "too old")
+    stats.count("dropped_replaced")
+    summary = stats.summary(now=12.0)
+    assert summary["fps"] == pytest.approx(2.0)
+    assert summary["processing_latency_median"] == pytest.approx(0.25)
+    assert summary["model_latency_median"] == pytest.approx(0.125)
+    assert stats.dropped == 2 and stats.processed == 4 and stats.last_problem == "too old"
+    assert stats.summary(now=100.0)["fps"] == 0.0  # nothing finished recently
+
+
+def test_diagnostics_message_carries_the_counters():
+    from builtin_interfaces.msg import Time
+
+    stats = StreamStats()
+    stats.count("received")
+    stats.count("dropped_bad_input", "unsupported encoding '32FC1'")
+    array = build_diagnostics("/cam/segment_node: segmentation", "instructsam", 1, "warn", stats, {"state": "active"}, Time(sec=5), "cpu")
+    status = array.status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01" and status.message == "warn"
+    assert values["frames_received"] == "1" and values["frames_dropped"] == "1" and values["dropped_bad_input"] == "1"
+    assert values["last_problem"] == "unsupported encoding '32FC1'" and values["state"] == "active"
+    assert values["device_memory_kind"] == "process_rss" and float(values["device_memory_mb"]) > 1.0
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_problem_log_reports_the_first_and_holds_back_repeats_per_kind():
+    logger = RecordingLogger()
+    problems = ProblemLog(logger, period_s=3600.0)
+    problems.warn("bad_image", "frame dropped: unsupported encoding 'foo'")
+    problems.warn("bad_image", "frame dropped: unsupported encoding 'foo'")
+    problems.warn("bad_image", "frame dropped: empty image")
+    problems.warn("stale", "frame dropped: too old")
+    assert logger.lines == ["frame dropped: unsupported encoding 'foo'", "frame dropped: too old"]
+    problems._last["bad_image"] = -1e9  # the period has passed
+    problems.warn("bad_image", "frame dropped: empty image")
+    assert logger.lines[-1] == "frame dropped: empty image (2 more like this since the last report)"
