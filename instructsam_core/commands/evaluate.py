@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "query's target phrase is given (single forward pass); auto: the predictor decides",
     )
     parser.add_argument("--max-instances", type=int, default=100, help="instances kept per query (default 100)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit (default 128)")
     parser.add_argument("--overlays", type=int, default=3, help="best and worst queries to draw (default 3 each)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -92,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--images DIR is needed to run a model")
         if args.max_instances < 1:
             raise UserError(f"--max-instances must be at least 1, got {args.max_instances}")
+        if args.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         shard = shard_from_args(args.shard, args.num_shards)
         finished = _run_model(args, data, shard, check_run_config, file_digest)
         if not finished:
@@ -141,14 +145,22 @@ def _run_model(args, data, shard, check_run_config, file_digest) -> bool:
         "skip_bad": bool(args.skip_bad),
         "phrase_mode": args.phrase_mode,
         "max_instances": args.max_instances,
+        "max_new_tokens": args.max_new_tokens,
         "num_shards": shard.count,
     }
     check_run_config(args.out, config)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     mine = shard_queries(data.queries, shard)
     path = args.out / shard_file_name(shard.index, shard.count)
     device = device_for_shard(args.device)
     predictor = Predictor.from_pretrained(
         model_dir, device=device, dtype=args.dtype, threshold=0.0, max_instances=args.max_instances,
+        max_new_tokens=args.max_new_tokens,
         auto_phrase=args.phrase_mode == "auto",
     )
     with PredictionsWriter(path) as writer:
