@@ -121,6 +121,12 @@ def test_scoring_one_false_positive_on_a_no_target_query(workspace, tmp_path):
     assert cli_main(["eval", "--suite", "inst2seg", "--data", str(data), "--predictions", str(preds),
                      "--out", str(out), "--threshold", "0.96", "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_pred_instances"] == 0
+    # --limit scores the first records only; predictions of later records are left out.
+    assert cli_main(["eval", "--suite", "inst2seg", "--data", str(data), "--predictions", str(preds),
+                     "--out", str(out), "--limit", str(i + 1), "--quiet"]) == 0
+    limited = json.loads((out / "metrics.json").read_text())
+    assert limited["num_records"] == i + 1
+    assert limited["num_gt_instances"] == sum(len(a.get("mask", [])) for r in records[: i + 1] for a in r["annotation"])
 
 
 def test_scoring_refuses_predictions_of_another_file(workspace, tmp_path, capsys):

@@ -55,13 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instructsam_core.evaluation.overlays import write_overlays
     from instructsam_core.evaluation.predictions import PREDICTIONS_NAME, read_predictions
-    from instructsam_core.evaluation.runner import (
-        check_run_config,
-        file_digest,
-        merge_shards,
-        shard_from_args,
-        shards_complete,
-    )
+    from instructsam_core.evaluation.runner import merge_shards, shard_from_args
     from instructsam_core.evaluation.scoring import per_query_ious, score, write_metrics
     from instructsam_core.evaluation.suites import read_suite
 
@@ -97,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if args.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         shard = shard_from_args(args.shard, args.num_shards)
-        finished = _run_model(args, data, shard, check_run_config, file_digest)
+        finished = _run_model(args, data, shard)
         if not finished:
             return 0
         predictions = read_predictions(out / PREDICTIONS_NAME)
@@ -122,11 +116,13 @@ def _shards_from_run_json(out: Path) -> int:
         raise UserError(f"cannot tell the number of shards from {path}; pass --num-shards") from None
 
 
-def _run_model(args, data, shard, check_run_config, file_digest) -> bool:
+def _run_model(args: argparse.Namespace, data, shard) -> bool:
     """Run this shard; True when predictions.jsonl is complete and ready to score."""
     from instructsam_core.evaluation.predictions import PredictionsWriter, shard_file_name
     from instructsam_core.evaluation.runner import (
+        check_run_config,
         device_for_shard,
+        file_digest,
         merge_shards,
         run_queries,
         shard_queries,

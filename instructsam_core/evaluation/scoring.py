@@ -25,7 +25,7 @@ def build_query_evals(data: SuiteData, predictions: PredictionsFile, strict: boo
     known = {q.key for q in data.queries}
     unknown = sorted(set(by_key) - known)
     skipped = {index for index, _ in data.skipped}
-    unknown = [k for k in unknown if k[0] not in skipped]
+    unknown = [k for k in unknown if k[0] not in skipped and not (data.limited and k[0] >= data.num_records)]
     if unknown and strict:
         raise UserError(
             f"{predictions.path}: predictions for {len(unknown)} queries not in {data.path} "

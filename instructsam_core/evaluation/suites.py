@@ -66,6 +66,7 @@ class SuiteData:
     queries: list[EvalQuery]
     num_records: int
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    limited: bool = False  # --limit cut the file: later records exist but are not evaluated
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,7 @@ def read_suite(
     records = load_records(path)
     if isinstance(records, dict):
         raise UserError(f"{path}: expected a list of records, got a JSON object")
+    limited = limit is not None and limit < len(records)
     if limit is not None:
         if limit <= 0:
             raise UserError(f"--limit must be positive, got {limit}")
@@ -379,4 +381,4 @@ def read_suite(
             skipped.append((index, str(error)))
     if not queries:
         raise UserError(f"{path}: no usable {name} queries" + (f" ({len(skipped)} records skipped)" if skipped else ""))
-    return SuiteData(suite, path, queries, len(records), skipped)
+    return SuiteData(suite, path, queries, len(records), skipped, limited)
