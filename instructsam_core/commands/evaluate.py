@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from instructsam_core.errors import UserError
@@ -53,10 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructsam_core.evaluation.overlays import write_overlays
     from instructsam_core.evaluation.predictions import PREDICTIONS_NAME, read_predictions
     from instructsam_core.evaluation.runner import merge_shards, shard_from_args
-    from instructsam_core.evaluation.scoring import per_query_ious, score, write_metrics
     from instructsam_core.evaluation.suites import read_suite
 
     if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
@@ -91,11 +90,33 @@ def run(args: argparse.Namespace) -> int:
         if args.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         shard = shard_from_args(args.shard, args.num_shards)
-        finished = _run_model(args, data, shard)
-        if not finished:
+        if not _run_model(args, data, shard):
+            return 0
+        if shard.count > 1:
+            # Several shards may finish at once: the one that creates the lock merges and scores.
+            lock = out / "merge.lock"
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                print(f"another shard is merging in {out} (if none is, delete {lock} and run with --merge)")
+                return 0
+            try:
+                merge_shards(out, data.queries, shard.count)
+                _score_and_report(args, data, read_predictions(out / PREDICTIONS_NAME))
+            finally:
+                lock.unlink(missing_ok=True)
             return 0
         predictions = read_predictions(out / PREDICTIONS_NAME)
+    _score_and_report(args, data, predictions)
+    return 0
 
+
+def _score_and_report(args: argparse.Namespace, data, predictions) -> None:
+    """metrics.json, metrics.md, overlays, and a one-line summary on stdout."""
+    from instructsam_core.evaluation.overlays import write_overlays
+    from instructsam_core.evaluation.scoring import per_query_ious, score, write_metrics
+
+    out: Path = args.out
     metrics, evals = score(data, predictions, args.threshold)
     write_metrics(out, metrics)
     threshold = metrics["threshold"]
@@ -105,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
     summary = {k: metrics[k] for k in ("suite", "num_queries", "giou", "ciou", "mAP", "AP50", "AP75")}
     print(json.dumps(summary))
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
-    return 0
 
 
 def _shards_from_run_json(out: Path) -> int:
@@ -117,13 +137,12 @@ def _shards_from_run_json(out: Path) -> int:
 
 
 def _run_model(args: argparse.Namespace, data, shard) -> bool:
-    """Run this shard; True when predictions.jsonl is complete and ready to score."""
+    """Run this shard; True when every shard's queries are finished (ready to merge/score)."""
     from instructsam_core.evaluation.predictions import PredictionsWriter, shard_file_name
     from instructsam_core.evaluation.runner import (
         check_run_config,
         device_for_shard,
         file_digest,
-        merge_shards,
         run_queries,
         shard_queries,
         shards_complete,
@@ -168,5 +187,4 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
         print(f"shard {shard.index} of {shard.count} finished; waiting for: {'; '.join(problems)}")
         print("the last shard to finish merges and scores (or run again with --merge)")
         return False
-    merge_shards(args.out, data.queries, shard.count)
     return True

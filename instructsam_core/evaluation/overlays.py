@@ -87,7 +87,7 @@ def write_overlays(
     target = out_dir / "overlays"
     target.mkdir(parents=True, exist_ok=True)
     for old in target.glob("*.png"):
-        old.unlink()
+        old.unlink(missing_ok=True)
     written = []
     for label, picks in (("best", best), ("worst", worst)):
         for rank, i in enumerate(picks, start=1):

@@ -139,7 +139,7 @@ class PredictionsWriter:
             group = by_query.get(key, [])
             lines.extend(_instance_line(p.record, p.annotation, p.score, p.segmentation) for p in group)
             lines.append(_marker_line(key[0], key[1], len(group)))
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
             handle.flush()
@@ -196,7 +196,7 @@ def merge_prediction_files(paths: Iterable[Path], out_path: Path) -> Predictions
         lines.extend(_instance_line(p.record, p.annotation, p.score, p.segmentation) for p in group)
         if key in done:
             lines.append(_marker_line(key[0], key[1], len(group)))
-    temporary = out_path.with_name(out_path.name + ".tmp")
+    temporary = out_path.with_name(f"{out_path.name}.tmp{os.getpid()}")
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in lines))
         handle.flush()

@@ -146,6 +146,6 @@ def write_metrics(out_dir: Path, metrics: dict) -> None:
         ("metrics.json", json.dumps(metrics, indent=2) + "\n"),
         ("metrics.md", metrics_markdown(metrics)),
     ):
-        temporary = out_dir / (name + ".tmp")
+        temporary = out_dir / f"{name}.tmp{os.getpid()}"
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, out_dir / name)
