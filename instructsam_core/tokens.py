@@ -41,6 +41,8 @@ QWEN_SPECIAL_TOKENS = (
 )
 
 PHRASE_SEPARATOR = ", "
+# The request the release appends to benchmark queries; it carries no target information.
+SEGMENTATION_REQUEST = "Please output the segmentation mask."
 MAX_INSTRUCTION_CHARS = 2000
 
 
@@ -82,9 +84,11 @@ def plain_phrase(instruction: str, max_words: int = 8) -> str | None:
     sentences return None: those need the model to generate the phrases.
     """
     text = " ".join(instruction.split())
+    if text.lower().endswith(SEGMENTATION_REQUEST.lower()):
+        text = text[: -len(SEGMENTATION_REQUEST)].rstrip()
     if not text or any(ch in text for ch in "?!;:\n") or "." in text.rstrip(".")[:-1]:
         return None
-    words = text.rstrip(".").split(" ")
-    if len(words) > max_words or words[0].lower() in _NON_PHRASE_OPENERS:
+    words = [word.lower() for word in text.rstrip(".").split(" ")]
+    if len(words) > max_words or words[0] in _NON_PHRASE_OPENERS or "please" in words:
         return None
     return normalize_phrase(text)
