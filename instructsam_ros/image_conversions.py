@@ -174,7 +174,8 @@ def array_to_image_msg(pixels: np.ndarray, encoding: str, header: Header | None 
     msg.is_bigendian = 0
     msg.step = int(pixels.strides[0]) if pixels.size else int(pixels.shape[1] * pixels.itemsize * (3 if ndim == 3 else 1))
     buffer = array.array("B")
-    buffer.frombytes(pixels.tobytes())
+    if pixels.size:
+        buffer.frombytes(memoryview(pixels.reshape(-1).view(np.uint8)))  # one copy, no intermediate bytes
     msg.data = buffer
     return msg
 

@@ -337,9 +337,10 @@ class SegmentNode(LifecycleNode):
         want_overlay = bool(self._settings["publish_overlay"]) and overlay_pub.get_subscription_count() > 0
         labels = None
         if want_label or want_overlay:
-            labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1])
-        latency = time.monotonic() - frame.arrival
-        seg_pub.publish(prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, latency, result.boxes, instruction))
+            labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1], result.boxes)
+        msg = prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, 0.0, result.boxes, instruction)
+        msg.processing_latency = time.monotonic() - frame.arrival
+        seg_pub.publish(msg)
         if want_label:
             label_pub.publish(array_to_image_msg(labels, "mono16", header))
         if want_overlay:

@@ -7,14 +7,8 @@ random model, exactly as `instructsam-segment-node` would, and dies with the tes
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,102 +31,7 @@ def _build_interfaces() -> None:
 
 _build_interfaces()
 
-import rclpy  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-
-DISCOVERY_TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy; fail the test naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def _die_with_parent() -> None:
-    """Child side of Popen: get SIGTERM when the pytest process dies, so no node outlives it."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class NodeProcess:
-    """segment_node in its own process, with parameters, namespace and a log file."""
-
-    def __init__(self, log_path: Path, namespace: str, params: dict[str, Any], env: dict[str, str] | None = None):
-        self.log_path = log_path
-        self.namespace = namespace
-        args = [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={namespace}"]
-        for name, value in params.items():
-            args += ["-p", f"{name}:={_ros_arg(value)}"]
-        full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-
-def _ros_arg(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(f"'{v}'" for v in value) + "]"
-    return str(value)
-
-
-class Harness:
-    """A test-side rclpy node spun in a background thread."""
-
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("test_harness", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._running = True
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while self._running and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def call(self, client, request, timeout: float = 30.0):
-        """Call a service (waiting for it to appear) and return the response."""
-        wait_for(lambda: client.service_is_ready(), DISCOVERY_TIMEOUT, f"service {client.srv_name}")
-        future = client.call_async(request)
-        wait_for(future.done, timeout, f"response of {client.srv_name}")
-        return future.result()
-
-    def close(self) -> None:
-        self._running = False
-        self._thread.join(timeout=5)
-        self.executor.shutdown(timeout_sec=1)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+from rosprobe import Harness, NodeProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")

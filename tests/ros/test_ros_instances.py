@@ -79,6 +79,19 @@ def test_label_image_gives_shared_pixels_to_the_higher_score():
         assert labels.dtype == np.uint16
 
 
+def test_label_image_from_boxes_equals_the_full_frame_one():
+    rng = np.random.default_rng(0)
+    instances = []
+    for k in range(5):
+        mask = np.zeros((40, 50), bool)
+        y, x = int(rng.integers(0, 30)), int(rng.integers(0, 40))
+        mask[y : y + 10, x : x + 10] = rng.random((10, 10)) > 0.3
+        instances.append(make_instance(mask, float(rng.random())))
+    ids = [3, 1, 4, 15, 9]
+    boxes = [tight_box(i.mask) for i in instances]
+    np.testing.assert_array_equal(label_image(instances, ids, 40, 50, boxes), label_image(instances, ids, 40, 50))
+
+
 @pytest.mark.parametrize("bad_id", [0, MAX_ID + 1])
 def test_label_image_refuses_ids_outside_mono16(bad_id):
     with pytest.raises(ValueError):

@@ -1,0 +1,308 @@
+"""Measure segment_node over real DDS, the way ros2_benchmark reports perception nodes.
+
+The node runs in its own process (as deployed); this process publishes camera frames at a
+fixed rate and receives the results. For each input size it reports:
+  * end-to-end latency (image stamp -> result received here), median and p99, at each rate;
+  * drops (frames without a result) at each rate;
+  * model time (the predictor call, from the result message) and the node's overhead:
+    end-to-end minus model time (transport both ways, decoding, conversion, publishing, and
+    waiting for the model when a frame arrives while it is busy), plus the in-node part alone;
+  * the peak rate with under 5 % dropped frames (binary search over the rate).
+
+  python -m instructsam_ros.benchmark --model tiny --device cpu --sizes 640x480,1280x720
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from instructsam_core.errors import UserError
+
+NAMESPACE = "/instructsam_bench"
+INSTRUCTION = "red circles"  # a bare phrase: the streaming (single-forward) path from frame one
+
+
+def hardware() -> str:
+    """One line: CPU model and cores, GPU if any, torch build."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name(0))
+        parts.append(f"torch {torch.__version__}")
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+class Session:
+    """The node process plus this process's publisher and result subscriber."""
+
+    def __init__(self, model: str, device: str, threshold: float, log_path: Path) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from instructsam_ros.msg import InstanceSegmentation
+        from instructsam_ros.qos import instruction_qos, stream_qos
+
+        repo_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
+             "-p", f"model:={model}", "-p", f"device:={device}", "-p", f"threshold:={threshold}",
+             "-p", "max_frame_age:=0.0", "-p", "diagnostics_period:=5.0"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        rclpy.init()
+        self.node = rclpy.create_node("instructsam_benchmark", namespace=NAMESPACE)
+        self.publisher = self.node.create_publisher(Image, "image", stream_qos("best_effort", 1))
+        self.instruction = self.node.create_publisher(String, "instruction", instruction_qos())
+        self.instruction.publish(String(data=INSTRUCTION))
+        self.lock = threading.Lock()
+        self.received: dict[int, tuple[int, float, float]] = {}  # stamp -> (receive ns, model s, in-node s)
+        self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result, stream_qos("reliable", 50))
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._spinning = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        import rclpy
+
+        while self._spinning and rclpy.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_result(self, msg) -> None:
+        now = time.time_ns()
+        key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            self.received[key] = (now, float(msg.model_latency), float(msg.processing_latency))
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.publisher.get_subscription_count() == 0 or self.sub.get_publisher_count() == 0:
+            if self.proc.poll() is not None:
+                raise UserError(f"the node exited during start-up; see {self._log.name}")
+            if time.monotonic() > deadline:
+                raise UserError(f"the node was not ready within {timeout:g} s; see {self._log.name}")
+            time.sleep(0.1)
+
+    def stream(self, frame_msg, rate: float, seconds: float, settle: float = 1.0) -> dict[str, float]:
+        """Publish at `rate` for `seconds` (after `settle` s not counted) and summarise."""
+        from builtin_interfaces.msg import Time
+
+        sent: list[int] = []
+        start = time.monotonic()
+        total = int(round((settle + seconds) * rate))
+        warm = int(round(settle * rate))
+        for k in range(total):
+            target = start + k / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ns = time.time_ns()
+            frame_msg.header.stamp = Time(sec=ns // 10**9, nanosec=ns % 10**9)
+            self.publisher.publish(frame_msg)
+            if k >= warm:
+                sent.append(ns)
+        time.sleep(min(5.0, 2.0 + 2.0 / rate))  # results still in flight
+        with self.lock:
+            got = [(s, *self.received[s]) for s in sent if s in self.received]
+        if not got:
+            return {"rate": rate, "sent": len(sent), "answered": 0, "drop_fraction": 1.0}
+        e2e = np.array([(r - s) / 1e9 for s, r, _, _ in got])
+        model = np.array([m for _, _, m, _ in got])
+        in_node = np.array([p for _, _, _, p in got])
+        return {
+            "rate": rate,
+            "sent": len(sent),
+            "answered": len(got),
+            "drop_fraction": 1.0 - len(got) / len(sent),
+            "e2e_median_ms": float(np.median(e2e) * 1e3),
+            "e2e_p99_ms": float(np.percentile(e2e, 99) * 1e3),
+            "model_median_ms": float(np.median(model) * 1e3),
+            "overhead_median_ms": float(np.median(e2e - model) * 1e3),
+            "in_node_overhead_median_ms": float(np.median(in_node - model) * 1e3),
+        }
+
+    def close(self) -> None:
+        import rclpy
+
+        self._spinning = False
+        self._thread.join(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+        self.executor.shutdown(timeout_sec=1)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def frame_message(width: int, height: int):
+    from instructsam_ros.demo import synthetic_scene
+    from instructsam_ros.image_conversions import array_to_image_msg
+
+    pixels, _, _ = synthetic_scene(3, height, width)
+    msg = array_to_image_msg(pixels, "rgb8")
+    msg.header.frame_id = "bench_camera"
+    return msg
+
+
+def peak_rate(session: Session, msg, low: float, high: float, seconds: float, steps: int) -> tuple[float, list[dict]]:
+    """Highest rate in [low, high] with < 5 % drops, by bisection (`low` assumed to pass)."""
+    runs = []
+    best = 0.0
+    for _ in range(steps):
+        rate = (low + high) / 2 if best else low
+        result = session.stream(msg, rate, seconds)
+        runs.append(result)
+        if result["drop_fraction"] < 0.05:
+            best = max(best, rate)
+            low = rate
+        else:
+            high = rate
+        if best and high - low < 0.05 * high:
+            break
+    return best, runs
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            w, h = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"sizes look like 640x480,1280x720; got {item!r}") from None
+        if not (16 <= w <= 4096 and 16 <= h <= 4096):
+            raise argparse.ArgumentTypeError(f"size {item} is outside 16x16 .. 4096x4096")
+        sizes.append((w, h))
+    return sizes
+
+
+def _rates(text: str) -> list[float]:
+    rates = [float(v) for v in text.split(",")]
+    if any(r <= 0 or r > 1000 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be in (0, 1000] Hz, got {text}")
+    return rates
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from instructsam_ros.segment_node import use_large_data_profile
+
+    use_large_data_profile()
+    scratch = Path(tempfile.mkdtemp(prefix="instructsam_bench_"))
+    model = args.model
+    if model == "tiny":
+        from instructsam_core.tiny import write_tiny_model
+
+        model = str(write_tiny_model(scratch / "tiny", seed=0))
+        model_name = "tiny random model (write_tiny_model, seed 0)"
+    else:
+        from instructsam_core.model_paths import resolve_model_dir
+
+        resolve_model_dir(model)  # a clear error before any process starts
+        model_name = model
+    session = Session(model, args.device, args.threshold, scratch / "node.log")
+    report = {"model": model_name, "device": args.device, "hardware": hardware(), "instruction": INSTRUCTION, "sizes": []}
+    try:
+        session.wait_ready(args.startup_timeout)
+        for width, height in args.sizes:
+            msg = frame_message(width, height)
+            # Warm this size up and estimate the model's capacity from a slow stream.
+            probe = session.stream(msg, 2.0, 2.0)
+            if not probe["answered"]:
+                raise UserError(f"no results at {width}x{height}; see {scratch / 'node.log'}")
+            entry = {"size": f"{width}x{height}", "fixed_rates": [], "peak": None}
+            for rate in args.rates:
+                result = session.stream(msg, rate, args.seconds)
+                entry["fixed_rates"].append(result)
+                print(json.dumps({"size": entry["size"], **result}), flush=True)
+            capacity = 1000.0 / max(probe["e2e_median_ms"], 1e-3)
+            best, runs = peak_rate(session, msg, max(0.5, 0.5 * capacity), 2.0 * capacity, args.seconds, args.peak_steps)
+            entry["peak"] = {"rate": best, "runs": runs}
+            print(json.dumps({"size": entry["size"], "peak_rate_under_5pct_drops": best}), flush=True)
+            report["sizes"].append(entry)
+    finally:
+        session.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Model: {report['model']}; device: {report['device']}; hardware: {report['hardware']}; "
+        f"instruction {report['instruction']!r} (streaming single-forward path).",
+        "",
+        "| input | rate (Hz) | answered / sent | drops | e2e median (ms) | e2e p99 (ms) | model median (ms) | overhead e2e-model (ms) | in-node overhead (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["sizes"]:
+        for r in entry["fixed_rates"]:
+            if not r["answered"]:
+                lines.append(f"| {entry['size']} | {r['rate']:g} | 0 / {r['sent']} | 100 % | - | - | - | - | - |")
+                continue
+            lines.append(
+                f"| {entry['size']} | {r['rate']:g} | {r['answered']} / {r['sent']} | {r['drop_fraction'] * 100:.1f} % | "
+                f"{r['e2e_median_ms']:.1f} | {r['e2e_p99_ms']:.1f} | {r['model_median_ms']:.1f} | "
+                f"{r['overhead_median_ms']:.1f} | {r['in_node_overhead_median_ms']:.1f} |"
+            )
+    lines.append("")
+    for entry in report["sizes"]:
+        lines.append(f"Peak rate with < 5 % drops at {entry['size']}: {entry['peak']['rate']:.1f} Hz")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m instructsam_ros.benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="'tiny' (written on the fly), 'default', or a model directory")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--sizes", type=_sizes, default=_sizes("640x480,1280x720"))
+    parser.add_argument("--rates", type=_rates, default=_rates("10,30"))
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per rate")
+    parser.add_argument("--peak-steps", type=int, default=5, help="bisection steps for the peak rate")
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument("--json", help="also write the full report as JSON here")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.seconds <= 0 or args.peak_steps < 1:
+        parser.error("--seconds must be > 0 and --peak-steps >= 1")
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"benchmark: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

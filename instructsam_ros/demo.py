@@ -1,0 +1,336 @@
+"""instructsam-demo: the whole ROS 2 pipeline on one machine, in one command, no ros2 CLI.
+
+Starts three plain processes that talk over DDS, exactly as on a robot:
+  1. segment_node (the embedded default model; a freshly written tiny random model when the
+     default model is not installed, saying so),
+  2. a synthetic camera publishing a slowly panning scene of coloured shapes (sensor QoS),
+  3. this process: it publishes the instructions (latched), prints the instances of every
+     result and writes the overlay of every result as a PNG.
+
+  instructsam-demo --seconds 8 --out instructsam_demo
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from instructsam_core.errors import UserError
+
+DEMO_NAMESPACE = "/instructsam_demo"
+
+
+# ----------------------------------------------------------------------------- camera process
+def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """A synth scene scaled to the frame size, with instructions that fit what it shows.
+
+    Returns (frame, shape names present, colour names present).
+    """
+    import cv2
+
+    from instructsam_core import synth
+
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        scene = synth.make_scene(rng)
+        if len(scene.objects) >= 3:
+            break
+    frame = cv2.resize(scene.image, (width, height), interpolation=cv2.INTER_NEAREST)
+    shapes = sorted({o.shape for o in scene.objects})
+    colors = sorted({o.color for o in scene.objects})
+    return frame, shapes, colors
+
+
+def default_instructions(shapes: list[str], colors: list[str]) -> list[str]:
+    """A category phrase (single-forward path) then a reasoning question (generation path)."""
+    from instructsam_core import synth
+
+    return [synth.PLURAL[shapes[0]], synth.SHAPE_REASONS[shapes[-1]][0]]
+
+
+def run_camera(args: argparse.Namespace) -> int:
+    """Publish the panning scene at `rate` Hz until interrupted."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from sensor_msgs.msg import Image
+
+    from instructsam_ros.image_conversions import array_to_image_msg
+    from instructsam_ros.qos import stream_qos
+    from instructsam_ros.segment_node import use_large_data_profile
+
+    use_large_data_profile()
+    width, height = args.size
+    frame, _, _ = synthetic_scene(args.seed, height, width)
+    rclpy.init()
+    node = rclpy.create_node("synthetic_camera", namespace=args.namespace)
+    publisher = node.create_publisher(Image, "image", stream_qos("best_effort", 1))
+    sent = 0
+    start = time.monotonic()
+    try:
+        while rclpy.ok():
+            shift = int(round((time.monotonic() - start) * args.pan_px_per_s))
+            msg = array_to_image_msg(np.roll(frame, shift % width, axis=1), "rgb8")
+            msg.header.stamp = node.get_clock().now().to_msg()
+            msg.header.frame_id = "demo_camera_optical"
+            publisher.publish(msg)
+            sent += 1
+            next_time = start + sent / args.rate
+            time.sleep(max(0.0, next_time - time.monotonic()))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        print(f"camera: published {sent} frames of {width}x{height} at {args.rate:g} Hz", flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+# ----------------------------------------------------------------------------- main process
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 640x480, got {text!r}") from None
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise argparse.ArgumentTypeError(f"size {text} is outside 16x16 .. 4096x4096")
+    return width, height
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def pick_model(model: str, scratch: Path) -> tuple[str, str]:
+    """(model argument for the node, a line saying which model runs)."""
+    from instructsam_core.model_paths import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, resolve_model_dir
+
+    if model != DEFAULT_MODEL_NAME:
+        return str(resolve_model_dir(model)), f"model: {model}"
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return DEFAULT_MODEL_NAME, f"model: the embedded default model ({DEFAULT_MODEL_DIR})"
+    from instructsam_core.tiny import write_tiny_model
+
+    path = write_tiny_model(scratch / "tiny_model", seed=0)
+    return str(path), (
+        "model: the embedded default model is not installed yet, so this demo runs a freshly written "
+        "tiny RANDOM model: the pipeline is real, the masks are meaningless"
+    )
+
+
+class Recorder:
+    """Collects results and overlays (matched by stamp), prints and saves them."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.lock = threading.Lock()
+        self.results: dict[int, object] = {}
+        self.overlays: dict[int, object] = {}
+        self.order: list[int] = []
+        self.first_result_at: float | None = None
+        self.latencies: list[float] = []
+
+    def on_result(self, msg) -> None:
+        key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        now_ns = time.time_ns()
+        with self.lock:
+            self.results[key] = msg
+            self.order.append(key)
+            self.latencies.append((now_ns - key) / 1e9)
+            if self.first_result_at is None:
+                self.first_result_at = time.monotonic()
+            index = len(self.order)
+        parts = [f"#{i.id} {i.phrase} {i.score:.2f} box=({i.box.x_offset},{i.box.y_offset},{i.box.width},{i.box.height})"
+                 for i in msg.instances[:6]]
+        more = f" (+{len(msg.instances) - 6} more)" if len(msg.instances) > 6 else ""
+        print(f"frame {index:04d} [{msg.instruction!r} -> phrases {list(msg.phrases)}] "
+              f"{len(msg.instances)} instances: {'; '.join(parts) or '-'}{more}", flush=True)
+        self._save(key)
+
+    def on_overlay(self, msg) -> None:
+        key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            self.overlays[key] = msg
+        self._save(key)
+
+    def _save(self, key: int) -> None:
+        import cv2
+
+        from instructsam_ros.image_conversions import image_msg_to_array
+
+        with self.lock:
+            if key not in self.results or key not in self.overlays:
+                return
+            index = self.order.index(key) + 1
+            overlay = self.overlays.pop(key)
+        rgb = image_msg_to_array(overlay)
+        cv2.imwrite(str(self.out_dir / f"overlay_{index:04d}.png"), np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def _stop(process: subprocess.Popen, name: str) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            print(f"demo: {name} did not stop on SIGINT; killing it", file=sys.stderr)
+            process.kill()
+            process.wait(timeout=5)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from instructsam_ros.segment_node import use_large_data_profile
+
+    use_large_data_profile()  # for this process and, through the environment, the children
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("overlay_*.png"):
+        old.unlink()
+    scratch = Path(tempfile.mkdtemp(prefix="instructsam_demo_"))
+    try:
+        model, model_line = pick_model(args.model, scratch)
+        print(f"demo: {model_line}", flush=True)
+        width, height = args.size
+        _, shapes, colors = synthetic_scene(args.seed, height, width)
+        instructions = args.instruction or default_instructions(shapes, colors)
+        return _run(args, model, instructions, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir: Path) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from instructsam_ros.msg import InstanceSegmentation
+    from instructsam_ros.qos import instruction_qos, stream_qos
+
+    ns = args.namespace
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
+    node_cmd = [
+        sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={ns}",
+        "-p", f"model:={model}", "-p", f"device:={args.device}", "-p", f"threshold:={args.threshold}",
+        "-p", "max_frame_age:=2.0",
+    ]
+    width, height = args.size
+    camera_cmd = [
+        sys.executable, "-m", "instructsam_ros.demo", "camera", "--namespace", ns, "--rate", str(args.rate),
+        "--size", f"{width}x{height}", "--seed", str(args.seed),
+    ]
+    recorder = Recorder(out_dir)
+    rclpy.init()
+    node = rclpy.create_node("instructsam_demo", namespace=ns)
+    instruction_pub = node.create_publisher(String, "instruction", instruction_qos())
+    node.create_subscription(InstanceSegmentation, "segmentation", recorder.on_result, stream_qos("reliable", 10))
+    node.create_subscription(Image, "overlay", recorder.on_overlay, stream_qos("reliable", 10))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinning = True
+
+    def spin() -> None:
+        while spinning and rclpy.ok():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    print(f"demo: instructions {instructions}; {width}x{height} frames at {args.rate:g} Hz; overlays -> {out_dir}/", flush=True)
+    instruction_pub.publish(String(data=instructions[0]))
+    node_proc = subprocess.Popen(node_cmd, env=env)
+    camera_proc = subprocess.Popen(camera_cmd, env=env)
+    status = 0
+    try:
+        deadline = time.monotonic() + args.startup_timeout
+        while recorder.first_result_at is None:
+            if node_proc.poll() is not None or camera_proc.poll() is not None:
+                raise UserError("the segment node or the camera exited during start-up (see its output above)")
+            if time.monotonic() > deadline:
+                raise UserError(f"no result within {args.startup_timeout:g} s of start-up (model loading too slow? try --startup-timeout)")
+            time.sleep(0.1)
+        switch_every = args.seconds / len(instructions)
+        current = 0
+        while time.monotonic() - recorder.first_result_at < args.seconds:
+            wanted = min(int((time.monotonic() - recorder.first_result_at) / switch_every), len(instructions) - 1)
+            if wanted != current:
+                current = wanted
+                print(f"demo: new instruction {instructions[current]!r}", flush=True)
+                instruction_pub.publish(String(data=instructions[current]))
+            if node_proc.poll() is not None:
+                raise UserError("the segment node exited (see its output above)")
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the last overlays arrive
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        _stop(camera_proc, "camera")
+        _stop(node_proc, "segment node")
+        spinning = False
+        spinner.join(timeout=5)
+        executor.shutdown(timeout_sec=1)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    saved = sorted(out_dir.glob("overlay_*.png"))
+    latencies = np.array(recorder.latencies) if recorder.latencies else np.zeros(1)
+    print(
+        f"demo: {len(recorder.order)} results, end-to-end latency median {np.median(latencies) * 1e3:.0f} ms; "
+        f"{len(saved)} overlay PNGs in {out_dir}/",
+        flush=True,
+    )
+    if status == 0 and not saved:
+        raise UserError("no overlay was written")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructsam-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="model directory or 'default' (embedded model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--seconds", type=_positive, default=8.0, help="how long to stream after the first result")
+    parser.add_argument("--rate", type=_positive, default=5.0, help="camera frames per second")
+    parser.add_argument("--size", type=_size, default=(640, 480), help="camera frame size WxH")
+    parser.add_argument("--seed", type=int, default=3, help="which synthetic scene")
+    parser.add_argument("--instruction", action="append", help="instruction (repeat to switch during the run)")
+    parser.add_argument("--out", default="instructsam_demo", help="directory for the overlay PNGs")
+    parser.add_argument("--namespace", default=DEMO_NAMESPACE)
+    parser.add_argument("--startup-timeout", type=_positive, default=300.0, help="seconds to wait for the first result")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["camera"]:
+        camera = argparse.ArgumentParser(prog="instructsam-demo camera")
+        camera.add_argument("--namespace", default=DEMO_NAMESPACE)
+        camera.add_argument("--rate", type=_positive, default=5.0)
+        camera.add_argument("--size", type=_size, default=(640, 480))
+        camera.add_argument("--seed", type=int, default=3)
+        camera.add_argument("--pan-px-per-s", type=float, default=12.0)
+        return run_camera(camera.parse_args(argv[1:]))
+    args = build_parser().parse_args(argv)
+    if not 0.0 <= args.threshold <= 1.0:
+        print(f"instructsam-demo: error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
+    try:
+        return run_demo(args)
+    except UserError as error:
+        print(f"instructsam-demo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
