@@ -66,6 +66,7 @@ def run_benchmark(
     instruction: str = "Which objects are round? Please output the segmentation mask.",
     repeats: int = 5,
     warmup: int = 1,
+    verbose: bool = False,
 ) -> BenchReport:
     model, processor, device = predictor.model, predictor.processor, predictor.device
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -77,6 +78,7 @@ def run_benchmark(
     block = {processor.token_ids[t] for t in (T.MASK_START, T.SEG, T.MASK_END)}
     forced = [t for t in answer if t not in block]
     generated_steps = len(forced)  # one step per emitted token; the block rides with ref_end
+    log = print if verbose else (lambda *_, **__: None)
 
     def vision():
         model.model.get_image_features(pixel_values, prompt["image_grid_thw"], return_dict=True)
@@ -128,12 +130,16 @@ def run_benchmark(
     report = BenchReport()
     for name, fn in stages_fns.items():
         report.stages[name] = _median_time(fn, repeats, device)
-    # Per-token cost: decoding steps beyond the prefill, spread over the emitted tokens.
-    decode = max(0.0, report.stages["generation_all_steps"] - report.stages["vlm_prefill_prompt"]
-                 - report.stages["vlm_vision_tower"])
-    report.stages["vlm_per_generated_token"] = decode / generated_steps
+        log(f"  measured {name}: {1000 * report.stages[name]:.2f} ms", flush=True)
+    # Decoding steps timed inside the generation loop itself (one token, or one query block).
+    steps = [generation_vlm().step_seconds for _ in range(repeats)]
+    singles = [sec for run in steps for n, sec in run if n == 1]
+    blocks = [sec for run in steps for n, sec in run if n > 1]
+    report.stages["vlm_per_generated_token"] = statistics.median(singles) if singles else float("nan")
+    report.stages["vlm_query_block_step"] = statistics.median(blocks) if blocks else float("nan")
     for name, fn in flows_fns.items():
         report.flows[name] = _median_time(fn, repeats, device)
+        log(f"  measured flow {name}: {1000 * report.flows[name]:.2f} ms", flush=True)
     # The release's flow: generation, then SAM3 image encoding + decode strictly afterwards and
     # the output upsampled by the same post-processing; on one device this is the stage sum.
     report.flows["release_flow"] = (report.stages["generation_all_steps"] + report.stages["sam3_image_encoder"]

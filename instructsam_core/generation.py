@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -22,6 +24,9 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     phrases: list[list[int]] = field(default_factory=list)
     query_states: torch.Tensor | None = None
+    # Seconds: the prompt prefill, and each decoding step as (tokens fed, seconds).
+    prefill_seconds: float = 0.0
+    step_seconds: list[tuple[int, float]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -48,12 +53,14 @@ def generate_queries(
     block_tail = [config.mask_start_token_id] + [seg] * config.num_queries_per_phrase + [config.mask_end_token_id]
     forced = list(forced_ids or [])
 
+    result = GenerationResult()
+    clock = _Clock(input_ids.device)
     embeds, visual_mask, deepstack = model.embed_tokens(input_ids, pixel_values, image_grid_thw)
     positions, delta = model.position_ids(input_ids, mm_token_type_ids, image_grid_thw, None)
     cache = DynamicCache(config=config.text_config)
     hidden = model.run_language_model(embeds, input_ids, positions, None, cache, visual_mask, deepstack)
+    result.prefill_seconds = clock.lap()
 
-    result = GenerationResult()
     states: list[torch.Tensor] = []
     phrase_start = 0  # index in result.token_ids where the current phrase may begin
     while len(result.token_ids) < max_new_tokens:
@@ -70,6 +77,7 @@ def generate_queries(
         step_positions = (torch.arange(past, past + len(step), device=ids.device) + delta[0]).view(1, 1, -1).expand(3, 1, -1)
         step_embeds, _, _ = model.embed_tokens(ids)
         hidden = model.run_language_model(step_embeds, ids, step_positions, None, cache)
+        result.step_seconds.append((len(step), clock.lap()))
         if len(step) > 1:
             states.append(hidden[0, 2 : 2 + config.num_queries_per_phrase])
             result.phrases.append(phrase[: config.max_phrase_tokens])
@@ -85,3 +93,21 @@ def _current_phrase(tokens: list[int], ref_start: int) -> list[int]:
         if tokens[index] == ref_start:
             return tokens[index + 1 :]
     return []
+
+
+class _Clock:
+    """Lap timer that waits for queued GPU work, so laps measure the work, not its launch."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -60,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(model.eval(), processor)
     if args.max_pixels:
         predictor.processor.max_pixels = args.max_pixels
-    print(run_benchmark(predictor, args.width, args.height, repeats=args.repeats, warmup=args.warmup).format())
+    report = run_benchmark(predictor, args.width, args.height, repeats=args.repeats, warmup=args.warmup,
+                           verbose=args.config == "full" or args.device != "cpu")
+    print(report.format())
     return 0
