@@ -62,6 +62,7 @@ class InstructSamProcessor:
         self._image_processors: dict[int, Qwen2VLImageProcessorPil] = {}
         self.token_ids = {tok: self._require_token(tok) for tok in (*T.ADDED_TOKENS, T.REF_START, T.REF_END, T.IM_END, T.IMAGE_PAD)}
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.token_ids[T.IM_END]
+        self._fill_config_token_ids()
         self._prompt_head = self._encode(f"{T.IM_START}user\n{T.VISION_START}")
 
     @classmethod
@@ -88,6 +89,20 @@ class InstructSamProcessor:
         return cls(tokenizer, config, **settings)
 
     # ------------------------------------------------------------------ tokens
+    def _fill_config_token_ids(self) -> None:
+        """A Qwen3-VL-style config.json may not name InstructSAM's token ids: take them from the
+        tokenizer (the config object is shared with the model, so the model sees them too)."""
+        fields = {"seg_token_id": T.SEG, "mask_start_token_id": T.MASK_START, "mask_end_token_id": T.MASK_END,
+                  "ref_start_token_id": T.REF_START, "ref_end_token_id": T.REF_END, "im_end_token_id": T.IM_END}
+        for field_name, token in fields.items():
+            if getattr(self.config, field_name) is None:
+                setattr(self.config, field_name, self.token_ids[token])
+            elif getattr(self.config, field_name) != self.token_ids[token]:
+                raise CheckpointError(
+                    f"config.json says {field_name} = {getattr(self.config, field_name)} but the tokenizer maps "
+                    f"{token} to {self.token_ids[token]}"
+                )
+
     def _require_token(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:

@@ -254,3 +254,26 @@ def test_threshold_keeps_only_scores_above_it(tiny_model_dir):
     cut = float(np.median([inst.score for inst in everything.instances]))
     kept = Predictor(model, processor, threshold=cut).predict(image(), "stars")
     assert [i.score for i in kept.instances] == [i.score for i in everything.instances if i.score > cut]
+
+
+def test_config_without_token_ids_takes_them_from_the_tokenizer(tiny_model_dir, tmp_path):
+    """A Qwen3-VL-style config.json without InstructSAM's token ids still loads and predicts."""
+    target = released_layout_copy(tiny_model_dir, tmp_path / "plain_config")
+    config = json.loads((target / "config.json").read_text())
+    for name in ("seg_token_id", "mask_start_token_id", "mask_end_token_id", "ref_start_token_id", "ref_end_token_id"):
+        config.pop(name)
+    (target / "config.json").write_text(json.dumps(config))
+    predictor = Predictor.from_pretrained(target, threshold=0.0)
+    assert predictor.model.config.seg_token_id == predictor.processor.tokenizer.convert_tokens_to_ids(T.SEG)
+    reference = Predictor.from_pretrained(tiny_model_dir, threshold=0.0)
+    a, b = predictor.predict(image(), "red circles"), reference.predict(image(), "red circles")
+    assert [i.score for i in a.instances] == [i.score for i in b.instances]
+
+
+def test_config_token_ids_that_contradict_the_tokenizer_are_an_error(tiny_model_dir, tmp_path):
+    target = released_layout_copy(tiny_model_dir, tmp_path / "bad_ids")
+    config = json.loads((target / "config.json").read_text())
+    config["seg_token_id"] = config["mask_end_token_id"]
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="seg_token_id"):
+        Predictor.from_pretrained(target)
