@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["generated_install_dir"]
@@ -41,6 +42,13 @@ def _attach_generated() -> None:
     here = Path(__file__).resolve().parent
     if (here / "msg" / "__init__.py").is_file():
         return  # installed package: the generated code is already alongside
+    # A colcon install space on sys.path (e.g. `source install/setup.bash` while this copy
+    # comes from `pip install`): its libraries are on LD_LIBRARY_PATH already.
+    for entry in sys.path:
+        candidate = Path(entry or ".") / "instructsam_ros"
+        if (candidate / "msg" / "__init__.py").is_file() and candidate.resolve() != here:
+            __path__.append(str(candidate))
+            return
     prefix = generated_install_dir()
     if prefix is None:
         return

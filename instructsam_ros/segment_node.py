@@ -40,7 +40,7 @@ from instructsam_ros.image_conversions import BadImageError, array_to_image_msg,
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
 from instructsam_ros.msg import InstanceSegmentation
 from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.parameters import DYNAMIC_TYPED, PARAMETERS, clean_phrases, validate
+from instructsam_ros.parameters import CONFIGURE, DYNAMIC_TYPED, PARAMETERS, clean_phrases, spec, validate
 from instructsam_ros.frame_slot import LatestSlot
 from instructsam_ros.qos import instruction_qos, stream_qos
 from instructsam_ros.segmenter import BadInstructionError, InstructionState, Segmenter, clean_instruction, load_segmenter
@@ -120,10 +120,11 @@ class SegmentNode(LifecycleNode):
 
         # Instructions are accepted in every state, so one published before the node is
         # configured (or even started: transient local) applies as soon as frames flow.
-        self.create_subscription(
+        instruction_sub = self.create_subscription(
             String, "instruction", self._on_instruction, instruction_qos(),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
+        self._instruction_topic = instruction_sub.topic_name
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(
             float(self._settings["diagnostics_period"]), self._publish_diagnostics,
@@ -140,10 +141,13 @@ class SegmentNode(LifecycleNode):
             reason = validate(param.name, param.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+        configured = self._segmenter is not None
         for param in params:
             if param.name not in self._settings:
                 continue
             self._settings[param.name] = param.value
+            if configured and spec(param.name).applies == CONFIGURE:
+                self.get_logger().info(f"{param.name} takes effect at the next configure (cleanup, then configure)")
             if param.name == "instruction" and param.value.strip():
                 self._accept_instruction(param.value, "parameter")
             elif param.name == "phrases":
@@ -180,6 +184,7 @@ class SegmentNode(LifecycleNode):
             self.get_logger().error(self._configure_error + " (fix the 'model' parameter and configure again)")
             return TransitionCallbackReturn.FAILURE
         segmenter.tracker.iou_threshold = float(s["tracking_iou"])
+        self._diag_timer.timer_period_ns = int(float(s["diagnostics_period"]) * 1e9)
         self._segmenter = segmenter
         self._configure_error = ""
         self.get_logger().info(
@@ -304,7 +309,7 @@ class SegmentNode(LifecycleNode):
             self.stats.count("skipped_no_instruction")
             self.problems.warn(
                 "no_instruction",
-                f"no instruction yet: publish one on {self.resolve_topic_name('instruction')} "
+                f"no instruction yet: publish one on {self._instruction_topic} "
                 "or set the 'instruction' parameter",
             )
             return
@@ -331,8 +336,8 @@ class SegmentNode(LifecycleNode):
         header = frame.msg.header
         prediction = result.prediction
         seg_pub, label_pub, overlay_pub = self._seg_pub, self._label_pub, self._overlay_pub
-        if seg_pub is None:
-            return
+        if seg_pub is None or not self._active:
+            return  # deactivated during inference: the result is not published
         want_label = bool(self._settings["publish_label_image"]) and label_pub.get_subscription_count() > 0
         want_overlay = bool(self._settings["publish_overlay"]) and overlay_pub.get_subscription_count() > 0
         labels = None
