@@ -75,11 +75,15 @@ class Record:
     def phrases(self) -> list[str]:
         return [t.phrase for turn in self.turns for t in turn.targets]
 
-    def decode(self) -> list[np.ndarray]:
-        """Per phrase (answer order), a bool [n_instances, height, width] array (n may be 0)."""
+    def decode(self, turn: int | None = None) -> list[np.ndarray]:
+        """Per phrase (answer order), a bool [n_instances, height, width] array (n may be 0).
+
+        `turn` restricts it to one turn's phrases.
+        """
         out = []
-        for turn in self.turns:
-            for target in turn.targets:
+        turns = self.turns if turn is None else [self.turns[turn]]
+        for one_turn in turns:
+            for target in one_turn.targets:
                 try:
                     masks = decode_annotation(target.ann, target.ann_type, self.height, self.width)
                 except MaskFormatError as error:
@@ -166,7 +170,9 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def parse_record(raw: Any, source: str, data_root: Path, report: ReadReport, seed: int = 0) -> list[Record]:
+def parse_record(
+    raw: Any, source: str, data_root: Path, report: ReadReport, seed: int = 0, style: str = "varied"
+) -> list[Record]:
     """Turn one raw record into 0..n samples (split at 10 phrases). Raises ValueError if malformed."""
     if not isinstance(raw, dict):
         raise ValueError(f"a record must be an object, got {type(raw).__name__}")
@@ -188,14 +194,14 @@ def parse_record(raw: Any, source: str, data_root: Path, report: ReadReport, see
     for part, chunk in enumerate(_chunks(targets, MAX_PHRASES_PER_SAMPLE)):
         if raw.get("type") == "instseg":
             # Single turn, several categories: one instruction lists them, the answer has them all.
-            turns = [Turn(templates.multi_phrase_instruction([t.phrase for t in chunk], rng), chunk)]
+            turns = [Turn(templates.multi_phrase_instruction([t.phrase for t in chunk], rng, style), chunk)]
         else:
             turns = []
             for target in chunk:
                 if target.kind == "sentence":
-                    instruction = templates.sentence_instruction(target.text, rng)
+                    instruction = templates.sentence_instruction(target.text, rng, style)
                 else:
-                    instruction = templates.phrase_instruction(normalize_phrase(target.text), rng)
+                    instruction = templates.phrase_instruction(normalize_phrase(target.text), rng, style)
                 turns.append(Turn(instruction, [target]))
         name = source if part == 0 else f"{source}#{part}"
         samples.append(Record(source=name, image=data_root / image, height=height, width=width, turns=turns))
@@ -203,14 +209,17 @@ def parse_record(raw: Any, source: str, data_root: Path, report: ReadReport, see
 
 
 def read_records(
-    path: str | Path, data_root: str | Path, skip_bad: bool = False, seed: int = 0
+    path: str | Path, data_root: str | Path, skip_bad: bool = False, seed: int = 0, style: str = "varied"
 ) -> tuple[list[Record], ReadReport]:
     """Read and check a training JSON file; images are resolved against `data_root`.
 
+    `style` picks the instruction wording (templates.STYLES).
     A malformed record raises `RecordError("file:index: ...")`, or is dropped and counted in the
     report with `skip_bad=True`. Masks are decoded later, by `Record.decode`.
     """
     path = Path(path)
+    if style not in templates.STYLES:
+        raise UserError(f"instruction style {style!r} is not one of {', '.join(templates.STYLES)}")
     if not path.is_file():
         raise UserError(f"training file {path} does not exist")
     try:
@@ -226,7 +235,7 @@ def read_records(
         source = f"{path.name}:{index}"
         report.records += 1
         try:
-            records.extend(parse_record(raw, source, Path(data_root), report, seed))
+            records.extend(parse_record(raw, source, Path(data_root), report, seed, style))
         except ValueError as error:
             if not skip_bad:
                 raise RecordError(f"{source}: {error}") from None

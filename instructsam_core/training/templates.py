@@ -26,19 +26,30 @@ MULTI_PHRASE_TEMPLATES = (
 )
 
 
-def phrase_instruction(phrase: str, rng: random.Random) -> str:
-    """A user instruction asking for one phrase's instances."""
+STYLES = ("varied", "benchmark")
+
+
+def phrase_instruction(phrase: str, rng: random.Random, style: str = "varied") -> str:
+    """A user instruction asking for one phrase's instances.
+
+    style "benchmark" always uses the Inst2Seg wording (for small models that should learn the
+    task, not the paraphrases); "varied" picks one of the templates.
+    """
+    if style == "benchmark":
+        return PHRASE_TEMPLATES[0].format(phrase=phrase)
     return rng.choice(PHRASE_TEMPLATES).format(phrase=phrase)
 
 
-def sentence_instruction(sentence: str, rng: random.Random) -> str:
+def sentence_instruction(sentence: str, rng: random.Random, style: str = "varied") -> str:
     """A referring/reasoning sentence is used as written; the suffix says what output is wanted."""
     sentence = " ".join(sentence.split())
-    if rng.random() < 0.5 and "segment" not in sentence.lower():
+    if style == "benchmark" or (rng.random() < 0.5 and "segment" not in sentence.lower()):
         return sentence + SEGMENTATION_SUFFIX
     return sentence
 
 
-def multi_phrase_instruction(phrases: list[str], rng: random.Random) -> str:
+def multi_phrase_instruction(phrases: list[str], rng: random.Random, style: str = "varied") -> str:
     """One instruction listing several categories (the `instseg` single-turn form)."""
+    if style == "benchmark":
+        return MULTI_PHRASE_TEMPLATES[-1].format(phrases=", ".join(phrases))
     return rng.choice(MULTI_PHRASE_TEMPLATES).format(phrases=", ".join(phrases))
