@@ -94,8 +94,6 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_overlay", True, "publish overlay (rgb8) while someone subscribes", LIVE),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", CONFIGURE, _in_range(0.05, 3600.0)),
 )
-# `phrases` is declared with dynamic typing: an empty default would otherwise be a byte array.
-DYNAMIC_TYPED = frozenset({"phrases"})
 PARAMETER_NAMES = frozenset(spec.name for spec in PARAMETERS)
 
 

@@ -40,7 +40,7 @@ from instructsam_ros.image_conversions import BadImageError, array_to_image_msg,
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
 from instructsam_ros.msg import InstanceSegmentation
 from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.parameters import CONFIGURE, DYNAMIC_TYPED, PARAMETERS, clean_phrases, spec, validate
+from instructsam_ros.parameters import CONFIGURE, PARAMETERS, clean_phrases, spec, validate
 from instructsam_ros.frame_slot import LatestSlot
 from instructsam_ros.qos import instruction_qos, stream_qos
 from instructsam_ros.segmenter import BadInstructionError, InstructionState, Segmenter, clean_instruction, load_segmenter
@@ -88,9 +88,10 @@ class SegmentNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._settings: dict[str, Any] = {}
         for entry in PARAMETERS:
+            # Dynamic typing: the type is checked by `validate` with a readable reason, and an
+            # integer works for a float parameter (`-p threshold:=1`), which rclpy would refuse.
             descriptor = ParameterDescriptor(
-                description=f"{entry.description} (applies: {entry.applies})",
-                dynamic_typing=entry.name in DYNAMIC_TYPED,
+                description=f"{entry.description} (applies: {entry.applies})", dynamic_typing=True
             )
             value = self.declare_parameter(entry.name, entry.default, descriptor).value
             reason = validate(entry.name, value)

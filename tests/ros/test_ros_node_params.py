@@ -1,0 +1,59 @@
+"""Parameter handling of SegmentNode, in process (no model is loaded before configure)."""
+from __future__ import annotations
+
+import pytest
+from rclpy.parameter import Parameter
+
+from instructsam_ros.parameters import PARAMETERS
+from instructsam_ros.segment_node import SegmentNode
+
+
+@pytest.fixture
+def make_node(harness):
+    nodes = []
+
+    def make(**overrides):
+        node = SegmentNode(
+            "param_test_node",
+            context=harness.context,
+            parameter_overrides=[Parameter(name, value=value) for name, value in overrides.items()],
+        )
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.destroy_node()
+
+
+def test_every_parameter_is_declared_with_its_default(make_node):
+    node = make_node()
+    for entry in PARAMETERS:
+        assert node.get_parameter(entry.name).value == entry.default, entry.name
+    assert node.describe_parameter("threshold").description.startswith("minimum instance score")
+
+
+def test_bad_start_values_fall_back_to_defaults_and_integers_work_for_floats(make_node):
+    node = make_node(threshold="high", max_instances=5000, phrases=["cup", " "], max_frame_age=2, instruction="find the cups")
+    assert node.get_parameter("threshold").value == 0.3
+    assert node.get_parameter("max_instances").value == 100
+    assert node.get_parameter("phrases").value == []
+    assert node.get_parameter("max_frame_age").value == 2  # an int where a float is expected is fine
+    assert node.instruction.snapshot() == ("find the cups", 1, [])
+
+
+def test_runtime_changes_are_validated_and_applied(make_node):
+    node = make_node()
+    refused = node.set_parameters([Parameter("threshold", value=2.0)])[0]
+    assert not refused.successful and "threshold must be in [0.0, 1.0]" in refused.reason
+    assert node.get_parameter("threshold").value == 0.3
+    # One bad value refuses the whole batch: nothing of it is applied.
+    batch = node.set_parameters_atomically([Parameter("threshold", value=0.5), Parameter("image_qos_depth", value=0)])
+    assert not batch.successful and node.get_parameter("threshold").value == 0.3
+    assert node.set_parameters([Parameter("threshold", value=1)])[0].successful
+    assert node._settings["threshold"] == 1
+    assert node.set_parameters([Parameter("instruction", value="find the cups")])[0].successful
+    assert node.set_parameters([Parameter("phrases", value=["cup", "mug"])])[0].successful
+    assert node.instruction.snapshot() == ("find the cups", 1, ["cup", "mug"])
+    assert node.set_parameters([Parameter("instruction", value="find the cups")])[0].successful
+    assert node.instruction.snapshot()[1] == 2  # the same text again is a new instruction
