@@ -64,7 +64,7 @@ class Session:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from instructsam_ros.msg import InstanceSegmentation
+        from instructsam_ros.interfaces import InstanceSegmentation
         from instructsam_ros.qos import instruction_qos, stream_qos
 
         repo_root = str(Path(__file__).resolve().parent.parent)

@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from instructsam_ros.msg import InstanceSegmentation
+    from instructsam_ros.interfaces import InstanceSegmentation
     from instructsam_ros.qos import instruction_qos, stream_qos
 
     ns = args.namespace

@@ -15,8 +15,8 @@ from std_msgs.msg import Header
 
 from instructsam_core.instances import Instance, Prediction
 from instructsam_ros.image_conversions import array_to_image_msg, image_msg_to_array
-from instructsam_ros.msg import Instance as InstanceMsg
-from instructsam_ros.msg import InstanceSegmentation
+from instructsam_ros.interfaces import Instance as InstanceMsg
+from instructsam_ros.interfaces import InstanceSegmentation
 
 MASK_ON = 255
 MAX_LABEL_ID = 65535  # mono16

@@ -38,13 +38,13 @@ from instructsam_core.errors import UserError
 from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics
 from instructsam_ros.image_conversions import BadImageError, array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
-from instructsam_ros.msg import InstanceSegmentation
+from instructsam_ros.interfaces import InstanceSegmentation
 from instructsam_ros.overlay import draw_overlay
 from instructsam_ros.parameters import CONFIGURE, PARAMETERS, clean_phrases, spec, validate
 from instructsam_ros.frame_slot import LatestSlot
 from instructsam_ros.qos import instruction_qos, stream_qos
 from instructsam_ros.segmenter import BadInstructionError, InstructionState, Segmenter, clean_instruction, load_segmenter
-from instructsam_ros.srv import Segment
+from instructsam_ros.interfaces import Segment
 
 NODE_NAME = "segment_node"
 FASTDDS_PROFILE = Path(__file__).resolve().parent / "config" / "fastdds_large_data.xml"
