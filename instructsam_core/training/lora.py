@@ -48,6 +48,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     except (ValueError, TypeError, OSError) as error:
         raise UserError(f"{adapter / ADAPTER_CONFIG} is not a LoRA config: {error}") from None
     model = InstructSamForSegmentation.from_pretrained(base, dtype=torch.float32)
+    model_setup.expose_input_embeddings(model)
     peft_model = get_peft_model(model, config)
     state = load_file(str(adapter / ADAPTER_WEIGHTS))
     params = {model_setup.plain_name(n): p for n, p in peft_model.named_parameters()}

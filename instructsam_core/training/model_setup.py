@@ -66,12 +66,22 @@ def apply_lora(model: nn.Module, lora: dict) -> nn.Module:
     """Wrap `model` with peft LoRA adapters on the modules whose names match `lora.target`."""
     from peft import LoraConfig, get_peft_model
 
+    expose_input_embeddings(model)
     config = LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
                         target_modules=lora["target"], bias="none")
     try:
         return get_peft_model(model, config)
     except ValueError as error:
         raise UserError(f"recipe: trainable.lora.target matches no module ({error})") from None
+
+
+def expose_input_embeddings(model: nn.Module) -> None:
+    """Make `get_input_embeddings()` return the embedding module (peft and gradient checkpointing
+    call it). InstructSamForSegmentation has a *method* named `embed_tokens`, which transformers'
+    default lookup returns instead; a no-op once the model class overrides the lookup itself."""
+    if not isinstance(model.get_input_embeddings(), nn.Module):
+        embeddings = model.model.get_input_embeddings()
+        model.get_input_embeddings = lambda: embeddings
 
 
 def set_trainable(model: nn.Module, train: list[str], freeze: list[str]) -> dict[str, int]:

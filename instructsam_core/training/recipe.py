@@ -15,7 +15,7 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       instruction_style: varied         # or benchmark (Inst2Seg wording only)
       num_workers: 1
     trainable:
-      lora: null | {r: 64, alpha: 16, dropout: 0.05, target: REGEX}
+      lora: null | {r: 64, alpha: 16, dropout: 0.05, target: REGEX}   # target: full match of module names
       train: [REGEX ...]                # parameter names (re.search) that are trained ...
       freeze: [REGEX ...]               # ... unless they also match one of these
     optimizer:
@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "merge_lora_at_end": True,
 }
 LORA_DEFAULTS = {"r": 64, "alpha": 16, "dropout": 0.05,
-                 "target": r"language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)$"}
+                 "target": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"}
 # Keys whose value is a free-form mapping (not checked against DEFAULTS key by key).
 _FREE_FORM = {("model", "scratch")}
 

@@ -164,6 +164,7 @@ class Trainer:
         counts = model_setup.set_trainable(model, recipe["trainable"]["train"], recipe["trainable"]["freeze"])
         if recipe["gradient_checkpointing"]:
             base = model.get_base_model() if lora is not None else model
+            model_setup.expose_input_embeddings(base)
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if lora is not None:
                 model.enable_input_require_grads()

@@ -1,0 +1,62 @@
+"""Recipe checking and the shipped recipes/mixtures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from instructsam_core.errors import UserError
+from instructsam_core.training.mixture import load_mixture_file
+from instructsam_core.training.recipe import load_recipe, parse_recipe
+
+TRAINING = Path(__file__).resolve().parents[1] / "training"
+BASE = {"model": {"init": "scratch"}, "data": {"mixture": [{"path": "train.json"}]}}
+
+
+@pytest.mark.parametrize("name", ["stage1.yaml", "stage2.yaml", "synthetic.yaml"])
+def test_shipped_recipes_are_valid(name):
+    recipe = load_recipe(TRAINING / name)
+    if isinstance(recipe["data"]["mixture"], str):
+        entries = load_mixture_file(recipe.resolve(recipe["data"]["mixture"]))
+        assert entries and all(e.repeat > 0 for e in entries)
+    if recipe["deepspeed"]:
+        assert recipe.resolve(recipe["deepspeed"]).is_file()
+
+
+def test_stage_recipes_follow_the_reference():
+    stage1, stage2 = load_recipe(TRAINING / "stage1.yaml"), load_recipe(TRAINING / "stage2.yaml")
+    for recipe, (sam_lr, rest_lr) in ((stage1, (1e-5, 5e-6)), (stage2, (5e-6, 2e-6))):
+        lrs = [g["lr"] for g in recipe["optimizer"]["lr_groups"]]
+        assert lrs == [sam_lr, rest_lr]
+        assert recipe["trainable"]["lora"] == {"r": 64, "alpha": 16, "dropout": 0.05,
+                                               "target": recipe["trainable"]["lora"]["target"]}
+        assert recipe["schedule"]["epochs"] == 1 and recipe["schedule"]["warmup_ratio"] == 0.03
+        assert recipe["seed"] == 42 and recipe["loss"]["num_points"] == 12544
+    repeats = {e.name: e.repeat for e in load_mixture_file(TRAINING / "mixtures" / "stage2.yaml")}
+    assert repeats["reasonseg"] == 10 and repeats["inst2seg"] == 1 and repeats["lisa_plus"] == 2
+
+
+def test_recipe_errors_are_one_line_and_name_the_key(tmp_path):
+    with pytest.raises(UserError, match="unknown key 'lerning_rate'"):
+        parse_recipe({**BASE, "optimizer": {"lerning_rate": 1}})
+    with pytest.raises(UserError, match=r"lr_groups\[0\].lr must be a positive number"):
+        parse_recipe({**BASE, "optimizer": {"lr_groups": [{"pattern": "", "lr": -1}]}})
+    with pytest.raises(UserError, match="invalid pattern"):
+        parse_recipe({**BASE, "trainable": {"train": ["("]}})
+    with pytest.raises(UserError, match="data.mixture is required"):
+        parse_recipe({"model": {"init": "scratch"}})
+    path = tmp_path / "r.yaml"
+    path.write_text("seed: [1\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump({**BASE, "batch": {"per_device": 0}}))
+    with pytest.raises(UserError, match=r"r\.yaml: recipe: batch.per_device"):
+        load_recipe(path)
+
+
+def test_fingerprint_follows_content():
+    a = parse_recipe(BASE)
+    b = parse_recipe({**BASE, "seed": 7})
+    assert a.fingerprint() == parse_recipe(BASE).fingerprint() != b.fingerprint()
+    assert a["loss"]["weights"] == {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0}
