@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from instructsam_core.errors import UserError
+from instructsam_ros.processes import start_child, stop_child
 
 NAMESPACE = "/instructsam_bench"
 INSTRUCTION = "red circles"  # a bare phrase: the streaming (single-forward) path from frame one
@@ -70,7 +70,7 @@ class Session:
         repo_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
              "-p", f"model:={model}", "-p", f"device:={device}", "-p", f"threshold:={threshold}",
              "-p", "max_frame_age:=0.0", "-p", "diagnostics_period:=5.0"],
@@ -154,12 +154,7 @@ class Session:
 
         self._spinning = False
         self._thread.join(timeout=5)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_child(self.proc, "benchmark: segment node")
         self._log.close()
         self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()

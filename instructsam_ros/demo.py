@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from instructsam_core.errors import UserError
+from instructsam_ros.processes import start_child, stop_child
 
 DEMO_NAMESPACE = "/instructsam_demo"
 
@@ -178,17 +177,6 @@ class Recorder:
         cv2.imwrite(str(self.out_dir / f"overlay_{index:04d}.png"), np.ascontiguousarray(rgb[:, :, ::-1]))
 
 
-def _stop(process: subprocess.Popen, name: str) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            print(f"demo: {name} did not stop on SIGINT; killing it", file=sys.stderr)
-            process.kill()
-            process.wait(timeout=5)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from instructsam_ros.segment_node import use_large_data_profile
@@ -250,8 +238,8 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     spinner.start()
     print(f"demo: instructions {instructions}; {width}x{height} frames at {args.rate:g} Hz; overlays -> {out_dir}/", flush=True)
     instruction_pub.publish(String(data=instructions[0]))
-    node_proc = subprocess.Popen(node_cmd, env=env)
-    camera_proc = subprocess.Popen(camera_cmd, env=env)
+    node_proc = start_child(node_cmd, env=env)
+    camera_proc = start_child(camera_cmd, env=env)
     status = 0
     try:
         deadline = time.monotonic() + args.startup_timeout
@@ -276,8 +264,8 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     except KeyboardInterrupt:
         status = 130
     finally:
-        _stop(camera_proc, "camera")
-        _stop(node_proc, "segment node")
+        stop_child(camera_proc, "demo: camera")
+        stop_child(node_proc, "demo: segment node")
         spinning = False
         spinner.join(timeout=5)
         executor.shutdown(timeout_sec=1)

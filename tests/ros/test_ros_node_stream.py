@@ -10,14 +10,13 @@ import time
 import cv2
 import numpy as np
 import pytest
-from rcl_interfaces.srv import SetParameters  # noqa: F401 - used through Probe.set_parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from instructsam_ros.image_conversions import image_msg_to_array
 from instructsam_ros.instance_conversions import msg_to_mask
 from instructsam_ros.srv import Segment
-from rosprobe import Probe, stamp_ns, test_scene, unique_stamp, wait_for
+from rosprobe import Probe, stamp_ns, test_scene, wait_for
 
 NS = "/stream_test"
 
