@@ -184,3 +184,24 @@ def test_problem_log_reports_the_first_and_holds_back_repeats_per_kind():
     problems._last["bad_image"] = -1e9  # the period has passed
     problems.warn("bad_image", "frame dropped: empty image")
     assert logger.lines[-1] == "frame dropped: empty image (2 more like this since the last report)"
+
+
+def test_build_installs_what_ros2_run_and_ros2_launch_need():
+    """The colcon install space holds the executables, launch file, config and both packages."""
+    from instructsam_ros import generated_install_dir
+
+    prefix = generated_install_dir()
+    assert prefix is not None, "scripts/build_ros.sh did not produce an install space"
+    share = prefix / "share" / "instructsam_ros"
+    assert (share / "launch" / "segment.launch.py").read_text() == LAUNCH.read_text()
+    for name in ("segment_node.yaml", "fastdds_large_data.xml"):
+        assert (share / "config" / name).is_file()
+    for exe in ("segment_node", "demo"):
+        script = prefix / "lib" / "instructsam_ros" / exe
+        assert script.is_file() and script.stat().st_mode & 0o111
+        assert f"from instructsam_ros.{exe} import main" in script.read_text()
+    site = next(prefix.glob("lib/python3*/site-packages"))
+    assert (site / "instructsam_ros" / "msg" / "_instance.py").is_file()  # generated
+    assert (site / "instructsam_ros" / "segment_node.py").is_file()  # hand-written, same package
+    assert (site / "instructsam_core" / "predictor.py").is_file()
+    assert (share / "package.xml").is_file()
