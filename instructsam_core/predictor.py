@@ -157,26 +157,18 @@ class Predictor:
         with self._timed(timings, "preprocess"):
             batch = self.processor(arrays, instructions, phrases=phrase_lists)
             batch = {k: v.to(self.device) for k, v in batch.items() if k not in ("labels", "image_sizes")}
+        sam_pixel_values = batch.pop("sam_pixel_values")
         with self._timed(timings, "vlm"):
-            embeds, visual_mask, deepstack = self.model.embed_tokens(
-                batch["input_ids"], batch["pixel_values"].to(self.model.dtype), batch["image_grid_thw"]
-            )
-            positions, _ = self.model.position_ids(
-                batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], batch["attention_mask"]
-            )
-            hidden = self.model.run_language_model(
-                embeds, batch["input_ids"], positions, batch["attention_mask"], None, visual_mask, deepstack
-            )
-            is_seg = batch["input_ids"] == self.model.config.seg_token_id
-            queries = hidden[is_seg].reshape(-1, self.model.config.num_queries_per_phrase, hidden.shape[-1])
-            phrase_ids, rows = self.model.phrase_tokens(batch["input_ids"])
-        logits, masks = self._detect(queries, phrase_ids, rows, batch["sam_pixel_values"], timings)
-        out, start = {}, 0
+            out = self.model(**batch, compute_logits=False)
+        rows = out.phrase_row.tolist()
+        logits, masks = self._detect(out.query_states, out.phrase_ids, out.phrase_mask, out.phrase_row,
+                                     sam_pixel_values, timings)
+        per_sample, start = {}, 0
         for local, index in enumerate(indices):
             count = rows.count(local)
-            out[index] = (phrase_lists[local], "", logits[start : start + count], masks[start : start + count])
+            per_sample[index] = (phrase_lists[local], "", logits[start : start + count], masks[start : start + count])
             start += count
-        return out
+        return per_sample
 
     def _generate(self, array, instruction, timings):
         with self._timed(timings, "preprocess"):
@@ -192,16 +184,17 @@ class Predictor:
             empty = torch.zeros(0, self.model.config.num_queries_per_phrase)
             return [], answer, empty, empty[:, :, None, None]
         names = [T.normalize_phrase(self.processor.decode(p)) for p in result.phrases]
-        logits, masks = self._detect(result.query_states, result.phrases, [0] * len(names), batch["sam_pixel_values"], timings)
+        ids, mask = self.model.pad_phrases(result.phrases)
+        index = torch.zeros(len(names), dtype=torch.long, device=self.device)
+        logits, masks = self._detect(result.query_states, ids, mask, index, batch["sam_pixel_values"], timings)
         return names, answer, logits, masks
 
-    def _detect(self, queries, phrase_ids, rows, sam_pixel_values, timings):
+    def _detect(self, queries, phrase_ids, phrase_mask, image_index, sam_pixel_values, timings):
+        """SAM3 for every phrase: images encoded once, phrases decoded together."""
         with self._timed(timings, "sam_image_encoder"):
             features = self.model.encode_sam_images(sam_pixel_values)
         with self._timed(timings, "sam_decoder"):
-            ids, mask = self.model.pad_phrases(phrase_ids)
-            index = torch.tensor(rows, dtype=torch.long, device=self.device)
-            out = self.model.detect(queries, ids, mask, features, index)
+            out = self.model.detect(queries, phrase_ids, phrase_mask, features, image_index)
         return out.pred_logits.detach().float().cpu(), out.pred_masks.detach().float()
 
     def _instances(self, names, logits, masks, size, threshold) -> list[Instance]:

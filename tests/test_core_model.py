@@ -136,7 +136,9 @@ def test_generation_and_single_forward_agree_when_forced_to_the_same_phrases(tin
         states = model(**model_inputs(teacher), compute_logits=False).query_states
     torch.testing.assert_close(result.query_states, states, atol=2e-5, rtol=1e-4)
 
-    logits, masks = predictor._detect(result.query_states, result.phrases, [0, 0], prompt["sam_pixel_values"], {})
+    ids, mask = model.pad_phrases(result.phrases)
+    logits, masks = predictor._detect(result.query_states, ids, mask, torch.zeros(2, dtype=torch.long),
+                                      prompt["sam_pixel_values"], {})
     generated = predictor._instances(phrases, logits, masks, picture.shape[:2], 0.0)
     assert len(generated) == len(single.instances) == 20
     for a, b in zip(generated, single.instances):
