@@ -6,7 +6,7 @@ the released checkpoint's config.json is a Qwen3-VL config with extra fields, so
 """
 from __future__ import annotations
 
-from transformers import Qwen3VLConfig, Sam3Config
+from transformers import AutoConfig, Qwen3VLConfig, Sam3Config
 
 
 class InstructSamConfig(Qwen3VLConfig):
@@ -63,3 +63,8 @@ class InstructSamConfig(Qwen3VLConfig):
             "ref_end": self.ref_end_token_id,
             "im_end": self.im_end_token_id,
         }
+
+
+# Let AutoConfig/AutoTokenizer read an InstructSAM model directory's config.json (they consult it
+# to choose a tokenizer class); without this they fall back to a base config and warn.
+AutoConfig.register(InstructSamConfig.model_type, InstructSamConfig, exist_ok=True)

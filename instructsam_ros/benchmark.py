@@ -211,6 +211,7 @@ def _rates(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", "42")  # a domain of its own unless the user picks one
     from instructsam_ros.segment_node import use_large_data_profile
 
     use_large_data_profile()

@@ -179,6 +179,7 @@ class Recorder:
 
 def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", "41")  # a domain of its own unless the user picks one
     from instructsam_ros.segment_node import use_large_data_profile
 
     use_large_data_profile()  # for this process and, through the environment, the children
