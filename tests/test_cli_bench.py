@@ -4,7 +4,7 @@ import re
 
 from instructsam_core.cli import main
 
-STAGES = ["vlm_vision_tower", "vlm_prefill_prompt", "vlm_prefill_with_answer", "generation_all_steps",
+STAGES = ["preprocess", "vlm_vision_tower", "vlm_prefill_prompt", "vlm_prefill_with_answer", "generation_all_steps",
           "sam3_image_encoder", "sam3_decoder_and_mask_head", "postprocess", "vlm_per_generated_token",
           "vlm_query_block_step", "single_forward", "generation", "release_flow"]
 
