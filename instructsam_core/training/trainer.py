@@ -50,6 +50,13 @@ def _mixed_precision(choice: str) -> str:
     return {"fp32": "no"}.get(choice, choice)
 
 
+def mask_grid_size(config) -> int:
+    """Side of SAM3's square mask-logit grid: its patch grid times the finest FPN scale (288 at full size)."""
+    vision = config.sam3_config.vision_config
+    grid = int(vision.backbone_config.image_size) // int(vision.backbone_config.patch_size)
+    return int(round(grid * max(vision.scale_factors)))
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """Seed of every random draw in one micro-step (dropout, point sampling)."""
     return (seed * 1_000_003 + step * 1009 + micro * 101 + rank * 7919 + 12345) % (2**63 - 1)
@@ -157,7 +164,7 @@ class Trainer:
         init_dir = model_setup.init_model_dir(recipe, self.output, False)
         model = InstructSamForSegmentation.from_pretrained(init_dir, dtype=torch.float32)
         processor = InstructSamProcessor.from_pretrained(init_dir, model.config)
-        mask_size = int(model.config.sam3_image_size) // 14 * 4  # SAM3's mask grid: 4x its patch grid
+        mask_size = mask_grid_size(model.config)
         lora = recipe["trainable"]["lora"]
         if lora is not None:
             model = model_setup.apply_lora(model, lora)
