@@ -3,7 +3,15 @@ import math
 
 import torch
 
-from instructsam_core.training.criterion import SetCriterion, dice_loss, soft_dice, text_cross_entropy
+from instructsam_core.training.criterion import (
+    LossWeights,
+    SetCriterion,
+    dice_loss,
+    generalized_iou,
+    masks_to_boxes,
+    soft_dice,
+    text_cross_entropy,
+)
 from instructsam_core.training.matcher import HungarianMatcher, pairwise_bce_cost, pairwise_dice_cost
 from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
 
@@ -165,3 +173,33 @@ def test_total_is_weighted_sum():
     total = out["text"] + 4.0 * out["mask_bce"] + 0.25 * out["mask_dice"] + 1.0 * out["score"]
     assert torch.allclose(out["loss"], total)
     assert out["text"].item() > 0
+
+
+def test_masks_to_boxes_and_giou_by_hand():
+    masks = torch.zeros(2, 4, 8, dtype=torch.bool)
+    masks[0, 1:3, 2:6] = True  # rows 1-2, cols 2-5 -> x0 2/8, y0 1/4, x1 6/8, y1 3/4
+    boxes = masks_to_boxes(masks)
+    assert torch.allclose(boxes[0], torch.tensor([0.25, 0.25, 0.75, 0.75]))
+    assert torch.equal(boxes[1], torch.zeros(4))  # empty mask
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5]])
+    b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    # identical -> 1; disjoint corners: IoU 0, hull 1, union 0.5 -> 0 - 0.5 / 1
+    assert torch.allclose(generalized_iou(a, b), torch.tensor([1.0, -0.5]))
+
+
+def test_box_terms_only_count_when_weighted():
+    gt = _disjoint_masks(1)  # columns 0-2 of a 16x16 grid, all rows
+    logits = torch.full((1, 10, 16, 16), -20.0)
+    logits[0, 0] = gt[0] * 40.0 - 20.0
+    boxes = torch.zeros(1, 10, 4, requires_grad=True)
+    with torch.no_grad():
+        boxes[0, 0] = torch.tensor([0.0, 0.0, 3 / 16, 1.0])  # exact box of the matched instance
+    plain = SetCriterion(num_points=64)(logits, torch.zeros(1, 10), [gt], pred_boxes=boxes)
+    assert plain["box_l1"].item() < 1e-6 and plain["box_giou"].item() < 1e-6
+    weighted = SetCriterion(num_points=64, weights=LossWeights(box_l1=5.0, box_giou=2.0))
+    shifted = boxes.detach().clone()
+    shifted[0, 0] = torch.tensor([0.0, 0.0, 3 / 16, 0.5])  # half the height: L1 0.5, IoU 0.5, GIoU 0.5
+    out = weighted(logits, torch.zeros(1, 10), [gt], pred_boxes=shifted)
+    assert abs(out["box_l1"].item() - 0.5) < 1e-6 and abs(out["box_giou"].item() - 0.5) < 1e-6
+    base = out["text"] + 4.0 * out["mask_bce"] + 0.25 * out["mask_dice"] + out["score"]
+    assert torch.allclose(out["loss"], base + 5.0 * 0.5 + 2.0 * 0.5)

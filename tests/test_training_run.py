@@ -130,19 +130,33 @@ def test_run_outputs_and_a_loadable_model(data_root, tmp_path):
 
 
 def test_two_process_gloo_run(data_root, tmp_path):
-    recipe_path = _recipe_file(tmp_path, schedule={"max_steps": 2, "warmup_ratio": 0.0},
+    # cpu_processes: 2 makes `instructsam train` start itself under torch.distributed.run (gloo)
+    recipe_path = _recipe_file(tmp_path, schedule={"max_steps": 2, "warmup_ratio": 0.0}, cpu_processes=2,
                                batch={"per_device": 1, "grad_accum": 1}, checkpoint={"every_steps": 1, "keep": 1})
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "instructsam_core.cli", "train", "--recipe", str(recipe_path),
-         "--data-root", str(data_root), "--output", str(run), "--quiet"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _cli("train", "--recipe", str(recipe_path), "--data-root", str(data_root), "--output", str(run), "--quiet")
     assert "on 2 process(es)" in result.stdout
     assert result.stdout.count('"steps": 2') == 1  # one summary, from the main process
     log = _log(run)
     assert [e["step"] for e in log] == [1, 2] and all(np.isfinite(e["loss"]) for e in log)
     assert (run / "final" / "model.safetensors").is_file()
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_scratch_overrides_reach_the_model(data_root, tmp_path):
+    path = "sam3_config.vision_config.backbone_config.pretrain_image_size"
+    recipe_path = _recipe_file(tmp_path, schedule={"max_steps": 1, "warmup_ratio": 0.0},
+                               model={"init": "scratch", "scratch": {}, "scratch_overrides": {path: 112}})
+    run = tmp_path / "over"
+    Trainer(load_recipe(recipe_path), data_root, run, progress=False).run()
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["sam3_config"]["vision_config"]["backbone_config"]["pretrain_image_size"] == 112
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "final" / "model.safetensors"))
+    # 112 / 14 = 8 -> an 8x8 table instead of the tiled 4x4 default
+    key = "model.grounding_model.model.vision_encoder.backbone.embeddings.position_embeddings"
+    assert weights[key].shape[1] == 64
+    bad = _recipe_file(tmp_path, model={"init": "scratch", "scratch_overrides": {"sam3_config.no_such": 1}})
+    with pytest.raises(UserError, match="no 'no_such'"):
+        Trainer(load_recipe(bad), data_root, tmp_path / "bad", progress=False).run()

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from instructsam_core.errors import UserError
@@ -37,8 +40,39 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data-root {args.data_root} is not a directory")
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f"--output {args.output} exists and is not a directory")
+    if _should_launch(recipe):
+        return _launch_local_processes(recipe["cpu_processes"], args)
     summary = Trainer(recipe, args.data_root, args.output, resume=args.resume, progress=not args.quiet,
                       kill_after_step=args.kill_after_step).run()
     if summary.pop("is_main_process"):
         print(json.dumps({"output": str(args.output), **summary}))
+    return 0
+
+
+def _should_launch(recipe) -> bool:
+    """A CPU recipe asking for several processes, started without torchrun: start them here."""
+    import torch
+
+    return recipe["cpu_processes"] > 1 and "WORLD_SIZE" not in os.environ and not torch.cuda.is_available()
+
+
+def _launch_local_processes(count: int, args: argparse.Namespace) -> int:
+    """Re-run this command under `torch.distributed.run --standalone` with `count` local processes
+    (one BLAS thread each unless OMP_NUM_THREADS says otherwise); returns their exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
+               "-m", "instructsam_core.cli", "train", "--recipe", str(args.recipe), "--data-root", str(args.data_root),
+               "--output", str(args.output)]
+    if args.resume:
+        command.append("--resume")
+    if args.quiet:
+        command.append("--quiet")
+    if args.kill_after_step is not None:
+        command += ["--kill-after-step", str(args.kill_after_step)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    try:
+        result = subprocess.run(command, env=env)
+    except KeyboardInterrupt:
+        return 130
+    if result.returncode != 0:
+        raise UserError(f"training processes exited with status {result.returncode} (see the messages above)")
     return 0

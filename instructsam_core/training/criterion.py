@@ -12,6 +12,10 @@
   all its scores towards 0.
 - Text CE: next-token cross entropy on the labels the processor built (-100 = ignored, which
   covers the prompt, every `[SEG]` and the token after it).
+- Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
+  box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
+  already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
+  their image attention towards the previous layer's boxes (box relative-position bias).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ class LossWeights:
     mask_bce: float = 4.0
     mask_dice: float = 0.25
     score: float = 1.0
+    box_l1: float = 0.0
+    box_giou: float = 0.0
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -51,6 +57,36 @@ def soft_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     numerator = 2.0 * (probs * targets).sum(-1)
     denominator = (probs.sum(-1) + targets.sum(-1)).clamp_min(1e-6)
     return numerator / denominator
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes (x0, y0, x1, y1) of binary masks [N, h, w] in [0, 1] units of the grid; zeros if empty."""
+    n, h, w = masks.shape
+    rows = masks.any(dim=2)  # [N, h]
+    cols = masks.any(dim=1)  # [N, w]
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ys, h).min(dim=1).values
+    y1 = torch.where(rows, ys + 1, 0).max(dim=1).values
+    x0 = torch.where(cols, xs, w).min(dim=1).values
+    x1 = torch.where(cols, xs + 1, 0).max(dim=1).values
+    boxes = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], dim=1).float()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise GIoU of xyxy boxes [N, 4]: IoU - (enclosing area - union) / enclosing area."""
+    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)
+    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
+    inter_w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
+    inter_h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    inter = inter_w * inter_h
+    union = area_a + area_b - inter
+    iou = inter / union.clamp_min(1e-7)
+    hull_w = torch.maximum(a[:, 2], b[:, 2]) - torch.minimum(a[:, 0], b[:, 0])
+    hull_h = torch.maximum(a[:, 3], b[:, 3]) - torch.minimum(a[:, 1], b[:, 1])
+    hull = (hull_w * hull_h).clamp_min(1e-7)
+    return iou - (hull - union) / hull
 
 
 def text_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -129,6 +165,26 @@ class SetCriterion:
         dice = dice_loss(point_logits, point_labels)
         return bce.sum() / num_pairs, dice.sum() / num_pairs
 
+    def box_losses(
+        self, boxes: torch.Tensor, mask_size: tuple[int, int], targets: list[torch.Tensor], match: MatchResult
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L1 and (1 - GIoU) between matched boxes [P, Q, 4] (xyxy, [0, 1]) and the instances' tight boxes."""
+        src, tgt = [], []
+        for phrase, (queries, instances) in enumerate(zip(match.query_indices, match.target_indices)):
+            if queries.numel() == 0:
+                continue
+            src.append(boxes[phrase, queries.to(boxes.device)])
+            grid = resize_targets(targets[phrase][instances], mask_size).to(boxes.device) > 0.5
+            tgt.append(masks_to_boxes(grid))
+        num_pairs = _global_mean_count(sum(s.shape[0] for s in src), boxes.device)
+        if not src:
+            zero = boxes.sum() * 0.0
+            return zero, zero.clone()
+        src_boxes, tgt_boxes = torch.cat(src).float(), torch.cat(tgt)
+        l1 = (src_boxes - tgt_boxes).abs().sum(-1)
+        giou = 1.0 - generalized_iou(src_boxes, tgt_boxes)
+        return l1.sum() / num_pairs, giou.sum() / num_pairs
+
     def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
         """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1); the rest 0."""
         score_target = torch.zeros(mask_logits.shape[:2], device=mask_logits.device)
@@ -151,11 +207,14 @@ class SetCriterion:
         text_logits: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        pred_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return {"loss", "text", "mask_bce", "mask_dice", "score"} (unweighted terms + weighted total).
+        """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou"}: the unweighted
+        terms and the weighted total.
 
         `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
-        be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them).
+        be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
+        `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them).
         """
         match = self.matcher(mask_logits, score_logits, targets)
         mask_bce, mask_dice = self.mask_losses(mask_logits, targets, match, generator)
@@ -165,6 +224,13 @@ class SetCriterion:
             text = text_cross_entropy(text_logits, labels)
         else:
             text = score.new_zeros(())
+        if pred_boxes is not None:
+            box_l1, box_giou = self.box_losses(pred_boxes, tuple(mask_logits.shape[-2:]), targets, match)
+        else:
+            box_l1, box_giou = score.new_zeros(()), score.new_zeros(())
         w = self.weights
         total = w.text * text + w.mask_bce * mask_bce + w.mask_dice * mask_dice + w.score * score
-        return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score}
+        if w.box_l1 or w.box_giou:
+            total = total + w.box_l1 * box_l1 + w.box_giou * box_giou
+        return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
+                "box_l1": box_l1, "box_giou": box_giou}

@@ -38,21 +38,59 @@ def init_model_dir(recipe, output: Path, is_main: bool) -> Path:
         return resolve_model_dir(recipe.resolve(init))
     target = output / "init_model"
     if is_main and not (target / "config.json").is_file():
-        from instructsam_core.tiny import write_tiny_model
-
         temporary = output / ".tmp-init_model"
         shutil.rmtree(temporary, ignore_errors=True)
-        try:
-            write_tiny_model(temporary, seed=int(recipe["seed"]), max_pixels=int(recipe["model"]["scratch_max_pixels"]),
-                             **recipe["model"]["scratch"])
-        except TypeError as error:
-            raise UserError(f"recipe: model.scratch has an argument tiny_config does not take ({error})") from None
+        write_scratch_model(temporary, seed=int(recipe["seed"]), max_pixels=int(recipe["model"]["scratch_max_pixels"]),
+                            sizes=recipe["model"]["scratch"], overrides=recipe["model"]["scratch_overrides"])
         (temporary / "README.md").write_text(
             "Random initialisation of a training run (recipe model.init: scratch); the trained weights are in ../final.\n"
         )
         shutil.rmtree(target, ignore_errors=True)
         temporary.rename(target)
     return target
+
+
+def apply_config_overrides(config, overrides: dict) -> None:
+    """Set nested config fields by dotted path, e.g. `sam3_config.vision_config.backbone_config.window_size`.
+
+    Every path must already exist: a typo is an error, not a silently added field.
+    """
+    for path, value in overrides.items():
+        node = config
+        parts = str(path).split(".")
+        for part in parts[:-1]:
+            if not hasattr(node, part):
+                raise UserError(f"recipe: model.scratch_overrides: {path!r}: the config has no {part!r}")
+            node = getattr(node, part)
+        if not hasattr(node, parts[-1]):
+            raise UserError(f"recipe: model.scratch_overrides: {path!r}: the config has no {parts[-1]!r}")
+        setattr(node, parts[-1], value)
+
+
+def write_scratch_model(target: Path, seed: int, max_pixels: int, sizes: dict, overrides: dict) -> None:
+    """A random-init model directory from `tiny_config(**sizes)` plus dotted-path `overrides`.
+
+    Like `instructsam_core.tiny.write_tiny_model`, with the extra overrides a recipe may need for
+    fields tiny_config does not expose (e.g. SAM3's position-embedding grid).
+    """
+    from instructsam_core.modeling import InstructSamForSegmentation
+    from instructsam_core.processing import write_preprocessor_config
+    from instructsam_core.tiny import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer()
+    try:
+        config = tiny_config(tokenizer, **sizes)
+    except TypeError as error:
+        raise UserError(f"recipe: model.scratch has an argument tiny_config does not take ({error})") from None
+    apply_config_overrides(config, overrides)
+    torch.manual_seed(seed)
+    model = InstructSamForSegmentation(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    vision = config.vision_config
+    write_preprocessor_config(target, patch_size=int(vision.patch_size), merge_size=int(vision.spatial_merge_size),
+                              min_pixels=32 * 32, max_pixels=max_pixels)
 
 
 def copy_model_side_files(source: Path, target: Path) -> None:

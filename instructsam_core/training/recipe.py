@@ -8,6 +8,8 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
     model:
       init: DIR | default | scratch     # scratch = random init from `scratch:` (tiny.py sizes)
       scratch: {text_hidden: 64, ...}   # keyword arguments of instructsam_core.tiny.tiny_config
+      scratch_overrides: {}             # dotted config paths tiny_config does not expose, e.g.
+                                        #   sam3_config.vision_config.backbone_config.pretrain_image_size: 168
       scratch_max_pixels: 16384         # VLM image budget of a scratch model
     data:
       mixture: FILE | [ {name, path, repeat, image_root} ... ]
@@ -28,9 +30,11 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
     precision: auto | bf16 | fp16 | fp32   # auto = bf16 on GPUs that support it, else fp32
     gradient_checkpointing: false
     threads: null                        # torch CPU threads per process (null = torch default)
+    cpu_processes: 1                     # >1: without a GPU, `instructsam train` starts this many
+                                         #     local DDP (gloo) processes itself (as torchrun would)
     deepspeed: null | FILE               # a DeepSpeed config (ZeRO-1 in training/)
     loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75,
-           weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0}}
+           weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0}}
     checkpoint: {every_steps: 500, keep: 2}
     log_every: 10
     merge_lora_at_end: true              # LoRA runs also write the merged model to final/
@@ -50,7 +54,7 @@ from instructsam_core.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
-    "model": {"init": None, "scratch": {}, "scratch_max_pixels": 128 * 128},
+    "model": {"init": None, "scratch": {}, "scratch_overrides": {}, "scratch_max_pixels": 128 * 128},
     "data": {"mixture": None, "skip_bad": False, "instruction_style": "varied", "num_workers": 1},
     "trainable": {"lora": None, "train": [".*"], "freeze": []},
     "optimizer": {
@@ -64,12 +68,13 @@ DEFAULTS: dict[str, Any] = {
     "precision": "auto",
     "gradient_checkpointing": False,
     "threads": None,
+    "cpu_processes": 1,
     "deepspeed": None,
     "loss": {
         "num_points": 12544,
         "oversample_ratio": 3.0,
         "importance_sample_ratio": 0.75,
-        "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0},
+        "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0},
     },
     "checkpoint": {"every_steps": 500, "keep": 2},
     "log_every": 10,
@@ -78,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
 LORA_DEFAULTS = {"r": 64, "alpha": 16, "dropout": 0.05,
                  "target": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"}
 # Keys whose value is a free-form mapping (not checked against DEFAULTS key by key).
-_FREE_FORM = {("model", "scratch")}
+_FREE_FORM = {("model", "scratch"), ("model", "scratch_overrides")}
 
 
 class Recipe:
@@ -147,6 +152,8 @@ def validate(values: dict[str, Any]) -> None:
         raise UserError("recipe: model.init must be a model directory, 'default' or 'scratch'")
     if not isinstance(model["scratch"], dict):
         raise UserError("recipe: model.scratch must be a mapping of tiny_config arguments")
+    if not isinstance(model["scratch_overrides"], dict):
+        raise UserError("recipe: model.scratch_overrides must be a mapping of dotted config paths to values")
     _positive(model["scratch_max_pixels"], "model.scratch_max_pixels", integer=True)
     data = values["data"]
     if data["mixture"] is None:
@@ -193,6 +200,7 @@ def validate(values: dict[str, Any]) -> None:
     if values["precision"] not in ("auto", "bf16", "fp16", "fp32"):
         raise UserError("recipe: precision must be auto, bf16, fp16 or fp32")
     _positive(values["threads"], "threads", integer=True, allow_none=True)
+    _positive(values["cpu_processes"], "cpu_processes", integer=True)
     loss = values["loss"]
     _positive(loss["num_points"], "loss.num_points", integer=True)
     _positive(loss["oversample_ratio"], "loss.oversample_ratio")

@@ -36,7 +36,7 @@ from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score")
+LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou")
 LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
                     "sam_pixel_values")
@@ -197,8 +197,10 @@ class Trainer:
                   f"{len(dataset)} examples, {total_steps} steps of {global_batch} on {world} process(es)", flush=True)
 
         model, optimizer = accelerator.prepare(model, optimizer)
+        weights = LossWeights(**recipe["loss"]["weights"])
+        self._box_loss = bool(weights.box_l1 or weights.box_giou)
         criterion = SetCriterion(
-            weights=LossWeights(**recipe["loss"]["weights"]),
+            weights=weights,
             num_points=recipe["loss"]["num_points"],
             oversample_ratio=recipe["loss"]["oversample_ratio"],
             importance_sample_ratio=recipe["loss"]["importance_sample_ratio"],
@@ -257,7 +259,8 @@ class Trainer:
                 with accelerator.autocast():
                     out = model(**inputs)
                 losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
-                                   out.logits, labels.to(accelerator.device), generator=generator)
+                                   out.logits, labels.to(accelerator.device), generator=generator,
+                                   pred_boxes=out.pred_boxes.float() if self._box_loss else None)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
@@ -288,7 +291,8 @@ class Trainer:
                 sums = {k: 0.0 for k in LOSS_KEYS}
                 window = 0
                 if bar is not None:
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
+                    shown = {k: v for k, v in last.items() if not k.startswith("box_") or self._box_loss}
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
             if bar is not None:
                 bar.update(1)
             if step % every == 0 and step < total_steps:
@@ -391,10 +395,11 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(steps, [e["loss"] for e in entries], label="total")
     axes[0].set_title("total loss")
-    for key in LOSS_KEYS[1:]:
+    terms = [k for k in LOSS_KEYS[1:] if any(e.get(k, 0.0) != 0.0 for e in entries)]
+    for key in terms:
         axes[1].plot(steps, [e[key] for e in entries], label=key)
     axes[1].set_title("loss terms (unweighted)")
-    for axis, keys in ((axes[0], LOSS_KEYS[:1]), (axes[1], LOSS_KEYS[1:])):
+    for axis, keys in ((axes[0], LOSS_KEYS[:1]), (axes[1], terms)):
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         if all(e[k] > 0 for e in entries for k in keys):
