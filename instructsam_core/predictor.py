@@ -123,6 +123,8 @@ class Predictor:
         if len(images) != len(instructions):
             raise UserError("predict_batch needs one instruction per image")
         threshold = self.threshold if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"threshold must be in [0, 1], got {threshold}")
         arrays = [as_rgb_array(image) for image in images]
         instructions = [check_instruction(text) for text in instructions]
         wanted = list(phrases) if phrases is not None else [None] * len(arrays)
