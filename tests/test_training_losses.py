@@ -203,3 +203,14 @@ def test_box_terms_only_count_when_weighted():
     assert abs(out["box_l1"].item() - 0.5) < 1e-6 and abs(out["box_giou"].item() - 0.5) < 1e-6
     base = out["text"] + 4.0 * out["mask_bce"] + 0.25 * out["mask_dice"] + out["score"]
     assert torch.allclose(out["loss"], base + 5.0 * 0.5 + 2.0 * 0.5)
+
+
+def test_binary_score_target_ignores_mask_quality():
+    gt = _disjoint_masks(1)
+    logits = torch.full((1, 10, 16, 16), -20.0)  # every mask empty: soft Dice 0 -> floor 0.1
+    criterion = SetCriterion(num_points=64, score_target="binary")
+    match = criterion.matcher(logits, torch.zeros(1, 10), [gt])
+    target = criterion.score_targets(logits, [gt], match)
+    assert target.sum().item() == 1.0 and target[0, match.query_indices[0][0]].item() == 1.0
+    dice_target = SetCriterion(num_points=64).score_targets(logits, [gt], match)
+    assert abs(dice_target.sum().item() - 0.1) < 1e-6

@@ -118,6 +118,7 @@ class SetCriterion:
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
         min_score_target: float = 0.1,
+        score_target: str = "dice",
         matcher: HungarianMatcher | None = None,
         point_mode: str = "nearest",
     ) -> None:
@@ -126,6 +127,11 @@ class SetCriterion:
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.min_score_target = min_score_target
+        if score_target not in ("dice", "binary"):
+            raise ValueError(f"score_target must be 'dice' or 'binary', got {score_target!r}")
+        # "dice" (the release): a matched query's target is its mask quality. "binary": 1, which
+        # separates present from absent phrases faster for a small model trained from scratch.
+        self.score_target = score_target
         self.matcher = matcher or HungarianMatcher()
         # Targets live on the logit grid and are binary. Reading both grids with "nearest" keeps
         # point labels exactly 0/1, so a prediction that is right on every pixel has zero loss
@@ -186,7 +192,8 @@ class SetCriterion:
         return l1.sum() / num_pairs, giou.sum() / num_pairs
 
     def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
-        """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1); the rest 0."""
+        """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1) (or 1 with
+        score_target "binary"); the rest 0."""
         score_target = torch.zeros(mask_logits.shape[:2], device=mask_logits.device)
         size = tuple(mask_logits.shape[-2:])
         with torch.no_grad():
@@ -194,6 +201,9 @@ class SetCriterion:
                 if queries.numel() == 0:
                     continue
                 queries = queries.to(mask_logits.device)
+                if self.score_target == "binary":
+                    score_target[phrase, queries] = 1.0
+                    continue
                 gt = resize_targets(targets[phrase][instances], size).to(mask_logits.device).flatten(1)
                 quality = soft_dice(mask_logits[phrase, queries].float().flatten(1), gt)
                 score_target[phrase, queries] = quality.clamp_min(self.min_score_target)

@@ -8,6 +8,7 @@ training of a small model from scratch) are a recipe edit, not a code change.
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -41,7 +42,8 @@ def init_model_dir(recipe, output: Path, is_main: bool) -> Path:
         temporary = output / ".tmp-init_model"
         shutil.rmtree(temporary, ignore_errors=True)
         write_scratch_model(temporary, seed=int(recipe["seed"]), max_pixels=int(recipe["model"]["scratch_max_pixels"]),
-                            sizes=recipe["model"]["scratch"], overrides=recipe["model"]["scratch_overrides"])
+                            sizes=recipe["model"]["scratch"], overrides=recipe["model"]["scratch_overrides"],
+                            init=recipe["model"]["scratch_init"])
         (temporary / "README.md").write_text(
             "Random initialisation of a training run (recipe model.init: scratch); the trained weights are in ../final.\n"
         )
@@ -67,11 +69,44 @@ def apply_config_overrides(config, overrides: dict) -> None:
         setattr(node, parts[-1], value)
 
 
-def write_scratch_model(target: Path, seed: int, max_pixels: int, sizes: dict, overrides: dict) -> None:
+def spread_reference_boxes(num_queries: int, size: float = 0.25) -> torch.Tensor:
+    """Logits of `num_queries` anchor boxes (cx, cy, w, h) spread over the image on a near-square grid."""
+    columns = int(math.ceil(math.sqrt(num_queries)))
+    rows = int(math.ceil(num_queries / columns))
+    boxes = []
+    for index in range(num_queries):
+        row, column = divmod(index, columns)
+        boxes.append([(column + 0.5) / columns, (row + 0.5) / rows, size, size])
+    boxes = torch.tensor(boxes).clamp(1e-3, 1 - 1e-3)
+    return torch.log(boxes / (1 - boxes))
+
+
+def symmetry_breaking_init(model: nn.Module, query_bank_std: float | None, spread_boxes: bool) -> None:
+    """Initialisation for training from scratch (no pretrained SAM3).
+
+    The paper zero-initialises the query bank, and SAM3's learned reference boxes come pretrained
+    and spread over the image. From scratch, both would start identical for all queries (the boxes
+    all at sigmoid(~0) = the image centre), so the 10 queries of a phrase would be
+    interchangeable and slow to specialise. This gives the bank small random rows and the
+    reference boxes a grid of distinct anchors.
+    """
+    backbone = model.model
+    with torch.no_grad():
+        if query_bank_std:
+            backbone.mask_queries.normal_(0.0, float(query_bank_std))
+        if spread_boxes:
+            reference = backbone.grounding_model.model.detr_decoder.reference_points.weight
+            reference.copy_(spread_reference_boxes(reference.shape[0]).to(reference.dtype))
+
+
+def write_scratch_model(
+    target: Path, seed: int, max_pixels: int, sizes: dict, overrides: dict, init: dict | None = None
+) -> None:
     """A random-init model directory from `tiny_config(**sizes)` plus dotted-path `overrides`.
 
     Like `instructsam_core.tiny.write_tiny_model`, with the extra overrides a recipe may need for
-    fields tiny_config does not expose (e.g. SAM3's position-embedding grid).
+    fields tiny_config does not expose (e.g. SAM3's position-embedding grid), and the optional
+    from-scratch initialisation of `symmetry_breaking_init` (`init`: query_bank_std, spread_boxes).
     """
     from instructsam_core.modeling import InstructSamForSegmentation
     from instructsam_core.processing import write_preprocessor_config
@@ -85,6 +120,8 @@ def write_scratch_model(target: Path, seed: int, max_pixels: int, sizes: dict, o
     apply_config_overrides(config, overrides)
     torch.manual_seed(seed)
     model = InstructSamForSegmentation(config)
+    init = init or {}
+    symmetry_breaking_init(model, init.get("query_bank_std"), bool(init.get("spread_boxes", False)))
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)

@@ -10,6 +10,7 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       scratch: {text_hidden: 64, ...}   # keyword arguments of instructsam_core.tiny.tiny_config
       scratch_overrides: {}             # dotted config paths tiny_config does not expose, e.g.
                                         #   sam3_config.vision_config.backbone_config.pretrain_image_size: 168
+      scratch_init: {query_bank_std: null, spread_boxes: false}   # from-scratch symmetry breaking
       scratch_max_pixels: 16384         # VLM image budget of a scratch model
     data:
       mixture: FILE | [ {name, path, repeat, image_root} ... ]
@@ -33,7 +34,7 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
     cpu_processes: 1                     # >1: without a GPU, `instructsam train` starts this many
                                          #     local DDP (gloo) processes itself (as torchrun would)
     deepspeed: null | FILE               # a DeepSpeed config (ZeRO-1 in training/)
-    loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75,
+    loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75, score_target: dice,
            weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0}}
     checkpoint: {every_steps: 500, keep: 2}
     log_every: 10
@@ -54,7 +55,8 @@ from instructsam_core.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
-    "model": {"init": None, "scratch": {}, "scratch_overrides": {}, "scratch_max_pixels": 128 * 128},
+    "model": {"init": None, "scratch": {}, "scratch_overrides": {},
+              "scratch_init": {"query_bank_std": None, "spread_boxes": False}, "scratch_max_pixels": 128 * 128},
     "data": {"mixture": None, "skip_bad": False, "instruction_style": "varied", "num_workers": 1},
     "trainable": {"lora": None, "train": [".*"], "freeze": []},
     "optimizer": {
@@ -74,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "num_points": 12544,
         "oversample_ratio": 3.0,
         "importance_sample_ratio": 0.75,
+        "score_target": "dice",
         "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0},
     },
     "checkpoint": {"every_steps": 500, "keep": 2},
@@ -155,6 +158,9 @@ def validate(values: dict[str, Any]) -> None:
     if not isinstance(model["scratch_overrides"], dict):
         raise UserError("recipe: model.scratch_overrides must be a mapping of dotted config paths to values")
     _positive(model["scratch_max_pixels"], "model.scratch_max_pixels", integer=True)
+    _positive(model["scratch_init"]["query_bank_std"], "model.scratch_init.query_bank_std", allow_none=True)
+    if not isinstance(model["scratch_init"]["spread_boxes"], bool):
+        raise UserError("recipe: model.scratch_init.spread_boxes must be true or false")
     data = values["data"]
     if data["mixture"] is None:
         raise UserError("recipe: data.mixture is required (a mixture file or a list of datasets)")
@@ -204,6 +210,8 @@ def validate(values: dict[str, Any]) -> None:
     loss = values["loss"]
     _positive(loss["num_points"], "loss.num_points", integer=True)
     _positive(loss["oversample_ratio"], "loss.oversample_ratio")
+    if loss["score_target"] not in ("dice", "binary"):
+        raise UserError("recipe: loss.score_target must be 'dice' (the release) or 'binary'")
     if not 0 <= loss["importance_sample_ratio"] <= 1:
         raise UserError("recipe: loss.importance_sample_ratio must be in [0, 1]")
     weights = _merge(DEFAULTS["loss"]["weights"], loss["weights"], "recipe.loss.weights")

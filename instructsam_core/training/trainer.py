@@ -204,6 +204,7 @@ class Trainer:
             num_points=recipe["loss"]["num_points"],
             oversample_ratio=recipe["loss"]["oversample_ratio"],
             importance_sample_ratio=recipe["loss"]["importance_sample_ratio"],
+            score_target=recipe["loss"]["score_target"],
         )
         sampler = StepBatchSampler(len(dataset), recipe["seed"], batch["per_device"], batch["grad_accum"], world, rank,
                                    total_steps, start_step)
