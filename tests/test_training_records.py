@@ -132,3 +132,18 @@ def test_fractional_repeat_is_seeded():
     a = repeat_records(items, 1.3, seed=5)
     b = repeat_records(items, 1.3, seed=5)
     assert a == b and len(a) == 13 and a[:10] == items
+
+
+def test_instseg_single_phrase_fraction(tmp_path):
+    record = {"image": "a.png", "height": H, "width": W, "type": "instseg",
+              "annotation": [_ann("cat", [RLE_LIST]), _ann("dog", None), _ann("cow", [RLE_LIST])]}
+    path = _write(tmp_path, [record] * 40)
+    multi, _ = read_records(path, tmp_path)
+    assert all(len(s.turns) == 1 and len(s.turns[0].targets) == 3 for s in multi)
+    single, _ = read_records(path, tmp_path, instseg_single_fraction=1.0)
+    assert all([len(t.targets) for t in s.turns] == [1, 1, 1] for s in single)
+    assert [t.targets[0].phrase for t in single[0].turns] == ["cat", "dog", "cow"]
+    half, _ = read_records(path, tmp_path, instseg_single_fraction=0.5)
+    kinds = [len(s.turns) for s in half]
+    assert kinds.count(3) and kinds.count(1)  # both forms occur ...
+    assert kinds == [len(s.turns) for s in read_records(path, tmp_path, instseg_single_fraction=0.5)[0]]  # ... fixed

@@ -78,7 +78,12 @@ def repeat_records(records: list[Record], repeat: float, seed: int) -> list[Reco
 
 
 def build_mixture(
-    entries: list[MixtureEntry], data_root: str | Path, skip_bad: bool = False, seed: int = 0, style: str = "varied"
+    entries: list[MixtureEntry],
+    data_root: str | Path,
+    skip_bad: bool = False,
+    seed: int = 0,
+    style: str = "varied",
+    instseg_single_fraction: float = 0.0,
 ) -> tuple[list[Record], dict[str, ReadReport]]:
     """Read every dataset of the mixture and repeat it; returns the samples and a report per dataset."""
     data_root = Path(data_root)
@@ -88,7 +93,8 @@ def build_mixture(
     reports: dict[str, ReadReport] = {}
     for index, entry in enumerate(entries):
         image_root = data_root / entry.image_root if entry.image_root else data_root
-        records, report = read_records(data_root / entry.path, image_root, skip_bad=skip_bad, seed=seed, style=style)
+        records, report = read_records(data_root / entry.path, image_root, skip_bad=skip_bad, seed=seed, style=style,
+                                       instseg_single_fraction=instseg_single_fraction)
         reports[entry.name] = report
         samples.extend(repeat_records(records, entry.repeat, seed + index))
     if not samples:

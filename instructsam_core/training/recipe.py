@@ -16,6 +16,7 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       mixture: FILE | [ {name, path, repeat, image_root} ... ]
       skip_bad: false                   # drop unreadable records (counted) instead of failing
       instruction_style: varied         # or benchmark (Inst2Seg wording only)
+      instseg_single_phrase_fraction: 0.0   # share of instseg records asked one phrase per turn
       num_workers: 1
     trainable:
       lora: null | {r: 64, alpha: 16, dropout: 0.05, target: REGEX}   # target: full match of module names
@@ -57,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "model": {"init": None, "scratch": {}, "scratch_overrides": {},
               "scratch_init": {"query_bank_std": None, "spread_boxes": False}, "scratch_max_pixels": 128 * 128},
-    "data": {"mixture": None, "skip_bad": False, "instruction_style": "varied", "num_workers": 1},
+    "data": {"mixture": None, "skip_bad": False, "instruction_style": "varied",
+             "instseg_single_phrase_fraction": 0.0, "num_workers": 1},
     "trainable": {"lora": None, "train": [".*"], "freeze": []},
     "optimizer": {
         "lr_groups": [{"name": "all", "pattern": "", "lr": 1e-4}],
@@ -166,6 +168,9 @@ def validate(values: dict[str, Any]) -> None:
         raise UserError("recipe: data.mixture is required (a mixture file or a list of datasets)")
     if data["instruction_style"] not in ("varied", "benchmark"):
         raise UserError("recipe: data.instruction_style must be 'varied' or 'benchmark'")
+    fraction = data["instseg_single_phrase_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise UserError("recipe: data.instseg_single_phrase_fraction must be in [0, 1]")
     if isinstance(data["num_workers"], bool) or not isinstance(data["num_workers"], int) or data["num_workers"] < 0:
         raise UserError("recipe: data.num_workers must be a non-negative integer")
     trainable = values["trainable"]

@@ -171,9 +171,20 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def parse_record(
-    raw: Any, source: str, data_root: Path, report: ReadReport, seed: int = 0, style: str = "varied"
+    raw: Any,
+    source: str,
+    data_root: Path,
+    report: ReadReport,
+    seed: int = 0,
+    style: str = "varied",
+    instseg_single_fraction: float = 0.0,
 ) -> list[Record]:
-    """Turn one raw record into 0..n samples (split at 10 phrases). Raises ValueError if malformed."""
+    """Turn one raw record into 0..n samples (split at 10 phrases). Raises ValueError if malformed.
+
+    `instseg_single_fraction`: the share of `instseg` records (chosen per record, deterministically)
+    whose phrases are asked one per turn instead of in one multi-phrase turn, so that a model also
+    sees single-category instructions - the form benchmarks ask in.
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"a record must be an object, got {type(raw).__name__}")
     image = raw.get("image")
@@ -190,9 +201,10 @@ def parse_record(
         report.skipped["records without a usable annotation"] += 1
         return []
     rng = random.Random(f"{seed}:{source}")  # same wording every time this record is read
+    multi_phrase = raw.get("type") == "instseg" and rng.random() >= instseg_single_fraction
     samples = []
     for part, chunk in enumerate(_chunks(targets, MAX_PHRASES_PER_SAMPLE)):
-        if raw.get("type") == "instseg":
+        if multi_phrase:
             # Single turn, several categories: one instruction lists them, the answer has them all.
             turns = [Turn(templates.multi_phrase_instruction([t.phrase for t in chunk], rng, style), chunk)]
         else:
@@ -209,7 +221,12 @@ def parse_record(
 
 
 def read_records(
-    path: str | Path, data_root: str | Path, skip_bad: bool = False, seed: int = 0, style: str = "varied"
+    path: str | Path,
+    data_root: str | Path,
+    skip_bad: bool = False,
+    seed: int = 0,
+    style: str = "varied",
+    instseg_single_fraction: float = 0.0,
 ) -> tuple[list[Record], ReadReport]:
     """Read and check a training JSON file; images are resolved against `data_root`.
 
@@ -235,7 +252,7 @@ def read_records(
         source = f"{path.name}:{index}"
         report.records += 1
         try:
-            records.extend(parse_record(raw, source, Path(data_root), report, seed, style))
+            records.extend(parse_record(raw, source, Path(data_root), report, seed, style, instseg_single_fraction))
         except ValueError as error:
             if not skip_bad:
                 raise RecordError(f"{source}: {error}") from None

@@ -140,7 +140,8 @@ class Trainer:
         else:
             entries = parse_mixture(data["mixture"], f"{recipe.path}: data.mixture")
         records, reports = build_mixture(entries, self.data_root, skip_bad=data["skip_bad"], seed=recipe["seed"],
-                                         style=data["instruction_style"])
+                                         style=data["instruction_style"],
+                                         instseg_single_fraction=data["instseg_single_phrase_fraction"])
         if accelerator.is_main_process:
             for name, report in reports.items():
                 print(f"data {name}: {report.summary()}", flush=True)
