@@ -39,8 +39,8 @@ class InstructSamOutput(ModelOutput):
 
     logits [B, L, V] (only when asked for); query_states [P, Q, H]; pred_masks [P, Q, h, w] mask
     logits on SAM3's square grid; pred_logits [P, Q] score logits; pred_boxes [P, Q, 4] xyxy in
-    [0, 1]; phrase_row [P] batch row of each block; phrase_ids/phrase_mask [P, T] the phrase
-    tokens used as SAM3 prompts.
+    [0, 1]; semantic_logits [P, h, w] SAM3's semantic head (training only); phrase_row [P] batch
+    row of each block; phrase_ids/phrase_mask [P, T] the phrase tokens used as SAM3 prompts.
     """
 
     logits: torch.Tensor | None = None
@@ -48,6 +48,7 @@ class InstructSamOutput(ModelOutput):
     pred_masks: torch.Tensor | None = None
     pred_logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
+    semantic_logits: torch.Tensor | None = None
     phrase_row: torch.Tensor | None = None
     phrase_ids: torch.Tensor | None = None
     phrase_mask: torch.Tensor | None = None
@@ -290,6 +291,7 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
             output.pred_masks = detected.pred_masks
             output.pred_logits = detected.pred_logits
             output.pred_boxes = detected.pred_boxes
+            output.semantic_logits = detected.semantic_logits
         return output
 
 

@@ -106,11 +106,14 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
 
 @dataclass
 class DetectorOutput:
-    """Per phrase P and query Q: mask logits [P, Q, h, w], score logits [P, Q], boxes xyxy [P, Q, 4]."""
+    """Per phrase P and query Q: mask logits [P, Q, h, w], score logits [P, Q], boxes xyxy [P, Q, 4],
+    and SAM3's semantic-segmentation logits [P, h, w] (where the phrase matches, all instances
+    together; inference does not use them, a from-scratch training loss may)."""
 
     pred_masks: torch.Tensor
     pred_logits: torch.Tensor
     pred_boxes: torch.Tensor
+    semantic_logits: torch.Tensor | None = None
 
 
 class Sam3QueryDetector(Sam3PreTrainedModel):
@@ -167,14 +170,15 @@ class Sam3QueryDetector(Sam3PreTrainedModel):
             text_features=encoded.text_features,
             text_mask=prompt_mask,
         )[0, ..., 0]
-        masks = self.mask_decoder(
+        decoded = self.mask_decoder(
             decoder_queries=queries,
             backbone_features=fpn,
             encoder_hidden_states=encoded.last_hidden_state,
             prompt_features=prompt_features,
             prompt_mask=prompt_mask,
-        ).pred_masks
-        return DetectorOutput(pred_masks=masks, pred_logits=logits, pred_boxes=box_cxcywh_to_xyxy(boxes))
+        )
+        return DetectorOutput(pred_masks=decoded.pred_masks, pred_logits=logits, pred_boxes=box_cxcywh_to_xyxy(boxes),
+                              semantic_logits=decoded.semantic_seg[:, 0])
 
 
 class GroundingModel(nn.Module):

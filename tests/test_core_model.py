@@ -78,6 +78,9 @@ def test_gradients_reach_bank_projectors_and_decoder_but_not_frozen_towers(tiny_
     out = model(**model_inputs(batch))
     target = torch.zeros_like(out.pred_masks)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.pred_masks, target) + out.pred_logits.sigmoid().mean()
+    # SAM3's semantic map (one per phrase, on the mask grid) feeds the from-scratch semantic term.
+    assert out.semantic_logits.shape == (1, *out.pred_masks.shape[-2:])
+    loss = loss + out.semantic_logits.sigmoid().mean()
     loss.backward()
     backbone = model.model
     trained = {
@@ -86,6 +89,7 @@ def test_gradients_reach_bank_projectors_and_decoder_but_not_frozen_towers(tiny_
         "phrase projector": backbone.text_hidden_fcs[0][2].weight,
         "sam decoder": backbone.grounding_model.model.detr_decoder.layers[0].self_attn.q_proj.weight,
         "mask head": backbone.grounding_model.model.mask_decoder.instance_projection.weight,
+        "semantic head": backbone.grounding_model.model.mask_decoder.semantic_projection.weight,
     }
     for name, parameter in trained.items():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -3,12 +3,11 @@ import math
 
 import torch
 
+from instructsam_core.training.boxes import generalized_iou, masks_to_boxes
 from instructsam_core.training.criterion import (
     LossWeights,
     SetCriterion,
     dice_loss,
-    generalized_iou,
-    masks_to_boxes,
     soft_dice,
     text_cross_entropy,
 )
@@ -185,6 +184,9 @@ def test_masks_to_boxes_and_giou_by_hand():
     b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     # identical -> 1; disjoint corners: IoU 0, hull 1, union 0.5 -> 0 - 0.5 / 1
     assert torch.allclose(generalized_iou(a, b), torch.tensor([1.0, -0.5]))
+    # Broadcasting gives the pairwise table: row q, column g.
+    pairwise = generalized_iou(a[:, None], b[None])
+    assert torch.allclose(pairwise, torch.tensor([[1.0, -0.5], [1.0, -0.5]]))
 
 
 def test_box_terms_only_count_when_weighted():
@@ -214,3 +216,27 @@ def test_binary_score_target_ignores_mask_quality():
     assert target.sum().item() == 1.0 and target[0, match.query_indices[0][0]].item() == 1.0
     dice_target = SetCriterion(num_points=64).score_targets(logits, [gt], match)
     assert abs(dice_target.sum().item() - 0.1) < 1e-6
+
+
+def test_semantic_term_by_hand():
+    # Phrase 0: one instance (columns 0-2 of 16x16, 48 of 256 pixels); phrase 1: two instances;
+    # phrase 2: no target. Logits 0 everywhere (p = 0.5): BCE = ln 2 on every pixel, and
+    # Dice = (2 * 0.5 * n + 1) / (0.5 * 256 + n + 1) with n the union's pixel count.
+    targets = [_disjoint_masks(1), _disjoint_masks(2), torch.zeros(0, 16, 16)]
+    criterion = SetCriterion(num_points=64)
+    flat = criterion.semantic_losses(torch.zeros(3, 16, 16), targets)
+    dice = [1 - (0.5 * 2 * n + 1) / (0.5 * 256 + n + 1) for n in (48, 96, 0)]
+    assert torch.allclose(flat, torch.tensor(math.log(2) + sum(dice) / 3))
+    # Logits that agree with the union (and are all negative for the no-target phrase): ~0.
+    union = torch.stack([t.amax(0) if len(t) else torch.zeros(16, 16) for t in targets])
+    perfect = criterion.semantic_losses(union * 40.0 - 20.0, targets)
+    assert perfect.item() < 1e-6
+    # The term enters the total only with a weight.
+    logits = torch.full((3, 10, 16, 16), -20.0)
+    scores = torch.full((3, 10), -20.0)
+    plain = criterion(logits, scores, targets, semantic_logits=torch.zeros(3, 16, 16),
+                      generator=torch.Generator().manual_seed(0))
+    weighted = SetCriterion(num_points=64, weights=LossWeights(semantic=2.0))(
+        logits, scores, targets, semantic_logits=torch.zeros(3, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain["semantic"], flat)
+    assert torch.allclose(weighted["loss"] - plain["loss"], 2.0 * flat, atol=1e-5)

@@ -12,6 +12,11 @@
   all its scores towards 0.
 - Text CE: next-token cross entropy on the labels the processor built (-100 = ignored, which
   covers the prompt, every `[SEG]` and the token after it).
+- Optional semantic term (weight 0 in the release): BCE + Dice between SAM3's semantic head
+  (one map per phrase) and the union of the phrase's instances, all-zero for a no-target phrase.
+  A detector trained from scratch learns "where, if anywhere, does this phrase match" from this
+  dense signal far sooner than from the set loss, which says nothing about an absent phrase
+  except through 10 score logits; the released SAM3 arrives with that knowledge.
 - Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
   box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
   already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
@@ -25,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from instructsam_core.training.boxes import generalized_iou, masks_to_boxes
 from instructsam_core.training.matcher import HungarianMatcher, MatchResult, resize_targets
 from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
 
@@ -41,6 +47,7 @@ class LossWeights:
     score: float = 1.0
     box_l1: float = 0.0
     box_giou: float = 0.0
+    semantic: float = 0.0
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,36 +64,6 @@ def soft_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     numerator = 2.0 * (probs * targets).sum(-1)
     denominator = (probs.sum(-1) + targets.sum(-1)).clamp_min(1e-6)
     return numerator / denominator
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes (x0, y0, x1, y1) of binary masks [N, h, w] in [0, 1] units of the grid; zeros if empty."""
-    n, h, w = masks.shape
-    rows = masks.any(dim=2)  # [N, h]
-    cols = masks.any(dim=1)  # [N, w]
-    ys = torch.arange(h, device=masks.device)
-    xs = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ys, h).min(dim=1).values
-    y1 = torch.where(rows, ys + 1, 0).max(dim=1).values
-    x0 = torch.where(cols, xs, w).min(dim=1).values
-    x1 = torch.where(cols, xs + 1, 0).max(dim=1).values
-    boxes = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], dim=1).float()
-    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
-
-
-def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise GIoU of xyxy boxes [N, 4]: IoU - (enclosing area - union) / enclosing area."""
-    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)
-    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
-    inter_w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
-    inter_h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
-    inter = inter_w * inter_h
-    union = area_a + area_b - inter
-    iou = inter / union.clamp_min(1e-7)
-    hull_w = torch.maximum(a[:, 2], b[:, 2]) - torch.minimum(a[:, 0], b[:, 0])
-    hull_h = torch.maximum(a[:, 3], b[:, 3]) - torch.minimum(a[:, 1], b[:, 1])
-    hull = (hull_w * hull_h).clamp_min(1e-7)
-    return iou - (hull - union) / hull
 
 
 def text_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -191,6 +168,19 @@ class SetCriterion:
         giou = 1.0 - generalized_iou(src_boxes, tgt_boxes)
         return l1.sum() / num_pairs, giou.sum() / num_pairs
 
+    def semantic_losses(self, semantic_logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over phrases of pixel BCE + Dice between `semantic_logits` [P, h, w] and the union
+        of each phrase's instances (nearest-resized to the logit grid; empty for no target)."""
+        size = tuple(semantic_logits.shape[-2:])
+        union = torch.stack([
+            resize_targets(t, size).amax(dim=0) if t.shape[0] else semantic_logits.new_zeros(size)
+            for t in targets
+        ]).to(semantic_logits.device)
+        logits = semantic_logits.float().flatten(1)
+        union = union.flatten(1)
+        bce = F.binary_cross_entropy_with_logits(logits, union, reduction="none").mean(-1)
+        return (bce + dice_loss(logits, union)).mean()
+
     def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
         """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1) (or 1 with
         score_target "binary"); the rest 0."""
@@ -218,13 +208,15 @@ class SetCriterion:
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         pred_boxes: torch.Tensor | None = None,
+        semantic_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou"}: the unweighted
-        terms and the weighted total.
+        """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic"}:
+        the unweighted terms and the weighted total.
 
         `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
         be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
-        `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them).
+        `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them), `semantic_logits`
+        [P, h, w] (optional; semantic term 0 without them).
         """
         match = self.matcher(mask_logits, score_logits, targets)
         mask_bce, mask_dice = self.mask_losses(mask_logits, targets, match, generator)
@@ -242,5 +234,10 @@ class SetCriterion:
         total = w.text * text + w.mask_bce * mask_bce + w.mask_dice * mask_dice + w.score * score
         if w.box_l1 or w.box_giou:
             total = total + w.box_l1 * box_l1 + w.box_giou * box_giou
+        semantic = score.new_zeros(())
+        if semantic_logits is not None:
+            semantic = self.semantic_losses(semantic_logits, targets)
+            if w.semantic:
+                total = total + w.semantic * semantic
         return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
-                "box_l1": box_l1, "box_giou": box_giou}
+                "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic}

@@ -36,7 +36,7 @@ from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou")
+LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic")
 LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
                     "sam_pixel_values")
@@ -199,7 +199,8 @@ class Trainer:
 
         model, optimizer = accelerator.prepare(model, optimizer)
         weights = LossWeights(**recipe["loss"]["weights"])
-        self._box_loss = bool(weights.box_l1 or weights.box_giou)
+        self._uses_boxes = bool(weights.box_l1 or weights.box_giou)
+        self._uses_semantic = bool(weights.semantic)
         criterion = SetCriterion(
             weights=weights,
             num_points=recipe["loss"]["num_points"],
@@ -262,7 +263,8 @@ class Trainer:
                     out = model(**inputs)
                 losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
                                    out.logits, labels.to(accelerator.device), generator=generator,
-                                   pred_boxes=out.pred_boxes.float() if self._box_loss else None)
+                                   pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
+                                   semantic_logits=out.semantic_logits if self._uses_semantic else None)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
@@ -293,7 +295,9 @@ class Trainer:
                 sums = {k: 0.0 for k in LOSS_KEYS}
                 window = 0
                 if bar is not None:
-                    shown = {k: v for k, v in last.items() if not k.startswith("box_") or self._box_loss}
+                    hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
+                              or (k == "semantic" and not self._uses_semantic)}
+                    shown = {k: v for k, v in last.items() if k not in hidden}
                     bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
             if bar is not None:
                 bar.update(1)
