@@ -64,6 +64,7 @@ class InstructSamProcessor:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.token_ids[T.IM_END]
         self._fill_config_token_ids()
         self._prompt_head = self._encode(f"{T.IM_START}user\n{T.VISION_START}")
+        self._adds_prefix_space = self.tokenizer.decode(self._encode("a")) == " a"
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, config: InstructSamConfig | None = None) -> "InstructSamProcessor":
@@ -113,7 +114,25 @@ class InstructSamProcessor:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        """Text of `ids`. A tokenizer that puts a space before every run of ordinary text (the tiny
+        tokenizer does, so that a phrase has the same tokens in the prompt and in the answer) gets
+        that space taken off again, so "red circle" decodes as it was written."""
+        if not self._adds_prefix_space:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        special = set(self.tokenizer.all_special_ids)
+        pieces: list[str] = []
+        run: list[int] = []
+        for token in [*ids, None]:
+            if token is not None and token not in special:
+                run.append(token)
+                continue
+            if run:
+                text = self.tokenizer.decode(run)
+                pieces.append(text[1:] if text.startswith(" ") else text)
+                run = []
+            if token is not None and not skip_special_tokens:
+                pieces.append(self.tokenizer.decode([token]))
+        return "".join(pieces)
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an assistant answer, closed by <|im_end|>."""
