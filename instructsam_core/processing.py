@@ -65,6 +65,7 @@ class InstructSamProcessor:
         self._fill_config_token_ids()
         self._prompt_head = self._encode(f"{T.IM_START}user\n{T.VISION_START}")
         self._adds_prefix_space = self.tokenizer.decode(self._encode("a")) == " a"
+        self._special_ids = set(self.tokenizer.all_special_ids)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, config: InstructSamConfig | None = None) -> "InstructSamProcessor":
@@ -119,11 +120,10 @@ class InstructSamProcessor:
         that space taken off again, so "red circle" decodes as it was written."""
         if not self._adds_prefix_space:
             return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-        special = set(self.tokenizer.all_special_ids)
         pieces: list[str] = []
         run: list[int] = []
         for token in [*ids, None]:
-            if token is not None and token not in special:
+            if token is not None and token not in self._special_ids:
                 run.append(token)
                 continue
             if run:
