@@ -51,7 +51,7 @@ def _between(ids, start, end):
 def test_tiny_tokenizer_gives_a_phrase_the_same_ids_in_prompt_and_answer(tiny_model_dir):
     # A small model learns to answer with the phrases of a multi-phrase instruction by copying
     # their tokens; with byte-level BPE without a prefix space, "blue" after ", " in the prompt and
-    # "blue" right after <|object_ref_start|> were different tokens, and it never learned to.
+    # "blue" right after <|object_ref_start|> were different tokens, and it rarely learned to.
     from instructsam_core.processing import InstructSamProcessor
 
     processor = InstructSamProcessor.from_pretrained(tiny_model_dir)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from instructsam_core import synth
+from instructsam_core.masks import mask_iou
 from instructsam_core.predictor import Predictor
 
 NUM_SCENES = 16
@@ -31,14 +31,8 @@ def scenes_and_queries():
 
 @pytest.fixture(scope="module")
 def predictor():
-    torch.set_num_threads(1)
     # auto_phrase=False: bare phrases too go through generation, so the model must name them.
     return Predictor.from_pretrained("default", device="cpu", auto_phrase=False)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def test_default_model_names_the_category_it_is_asked_for(predictor, scenes_and_queries):
@@ -60,7 +54,7 @@ def test_default_model_segments_colour_phrases_of_unseen_scenes(predictor, scene
                 continue  # "red shapes" with one red object: the easiest, unambiguous case
             prediction = predictor.predict(scene.image, query.text + synth.INST2SEG_PROMPT_SUFFIX)
             truth = scene.objects[query.targets[0]].mask
-            best = max((_iou(inst.mask, truth) for inst in prediction.instances), default=0.0)
+            best = max((mask_iou(inst.mask, truth) for inst in prediction.instances), default=0.0)
             ious.append(best)
     assert len(ious) >= 10
     # An untrained model keeps no instance (IoU 0 everywhere).
