@@ -16,6 +16,9 @@ scores. Everything is computed from COCO RLEs through pycocotools.
   t = 0.50, 0.55, ..., 0.95; AP50 and AP75 are single thresholds.
 - Everything again per bucket of GT count: "0", "1", ">=2" (queries with that many instances).
   With no GT instance in a bucket, AP is undefined and reported as None.
+- Diagnostics (not release metrics; they say *why* the figures are what they are): ROC-AUC of a
+  query's top score for "has a target" vs "has none" (does the score know presence, whatever the
+  threshold?), and how many instances each query keeps (does the model ever return two?).
 - A second view through pycocotools' COCOeval (segm, one class, one "image" per query): AP,
   AP50, AP75 with COCO's 101-point interpolation and max 100 detections per query.
 """
@@ -269,6 +272,29 @@ def _summary(queries: Sequence[QueryEval], threshold: float, empty_iou: float) -
     return {"num_queries": len(queries), "giou": giou, "ciou": ciou, **ap}
 
 
+def presence_auc(queries: Sequence[QueryEval]) -> float | None:
+    """ROC-AUC of each query's top score (0 without predictions) for "has a GT instance" against
+    "has none": the chance that a random query with a target outscores a random one without
+    (ties count half; Mann-Whitney U / (n_present * n_absent)). None without both kinds."""
+    top = np.array([max((s for s, _ in q.predictions), default=0.0) for q in queries], dtype=np.float64)
+    present = np.array([bool(q.gt) for q in queries])
+    if present.all() or not present.any():
+        return None
+    positives, negatives = top[present], top[~present]
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+
+
+def kept_per_query(queries: Sequence[QueryEval], threshold: float) -> dict[str, int]:
+    """How many queries keep 0, 1, 2 and 3 or more instances (score > threshold)."""
+    counts = {"0": 0, "1": 0, "2": 0, ">=3": 0}
+    for query in queries:
+        kept = sum(1 for s, _ in query.predictions if s > threshold)
+        counts[str(kept) if kept < 3 else ">=3"] += 1
+    return counts
+
+
 def evaluate_queries(
     queries: Sequence[QueryEval], threshold: float, empty_iou: float, coco: bool = True
 ) -> dict:
@@ -277,6 +303,8 @@ def evaluate_queries(
     result["by_num_objects"] = {
         bucket: _summary([q for q in queries if q.bucket == bucket], threshold, empty_iou) for bucket in BUCKETS
     }
+    result["diagnostics"] = {"presence_auc": presence_auc(queries),
+                             "kept_per_query": kept_per_query(queries, threshold)}
     if coco:
         result["coco"] = coco_view(queries, threshold)
     return result

@@ -12,6 +12,8 @@ from instructsam_core.metrics import (
     evaluate_queries,
     giou_ciou,
     instance_ap,
+    kept_per_query,
+    presence_auc,
 )
 
 H, W = 4, 20
@@ -173,3 +175,20 @@ def test_bad_masks_name_the_query():
         QueryEval(H, W, gt=[{"size": [H, W + 1], "counts": [H * (W + 1)]}], key=(3, 1))
     with pytest.raises(ValueError, match="not finite"):
         QueryEval(H, W, predictions=[(float("nan"), strip(0, 1))])
+
+
+def test_presence_auc_and_kept_instances_by_hand():
+    a = q([strip(0, 2)], [(0.9, strip(0, 2)), (0.4, strip(5, 7))])  # present, top 0.9, keeps 2 at 0.3
+    b = q([strip(0, 2)], [(0.2, strip(0, 2))])  # present, top 0.2, keeps 0
+    c = q([], [(0.5, strip(0, 2))])  # absent, top 0.5, keeps 1
+    d = q([], [])  # absent, no prediction: top 0, keeps 0
+    # pairs (present, absent): (a,c) win, (a,d) win, (b,c) loss, (b,d) win -> 3 / 4
+    assert presence_auc([a, b, c, d]) == 0.75
+    e = q([strip(0, 2)], [(0.5, strip(0, 2))])  # ties c: counts half
+    assert presence_auc([e, c]) == 0.5 and presence_auc([e, d]) == 1.0
+    assert presence_auc([a, b]) is None and presence_auc([c, d]) is None
+    assert kept_per_query([a, b, c, d], 0.3) == {"0": 2, "1": 1, "2": 1, ">=3": 0}
+    many = q([strip(0, 2)], [(0.8, strip(0, 2))] * 4)
+    assert kept_per_query([many], 0.3) == {"0": 0, "1": 0, "2": 0, ">=3": 1}
+    diagnostics = evaluate_queries([a, b, c, d], 0.3, 1.0, coco=False)["diagnostics"]
+    assert diagnostics == {"presence_auc": 0.75, "kept_per_query": {"0": 2, "1": 1, "2": 1, ">=3": 0}}

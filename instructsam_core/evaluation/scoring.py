@@ -130,6 +130,11 @@ def metrics_markdown(metrics: dict) -> str:
         ]
     if "miou" in metrics:
         lines += ["", f"Mean IoU (RoboRefIt): {_fmt(metrics['miou'])}"]
+    diagnostics = metrics.get("diagnostics")
+    if diagnostics:
+        kept = ", ".join(f"{n}: {c}" for n, c in diagnostics["kept_per_query"].items())
+        lines += ["", f"Diagnostics: top score vs \"has a target\" ROC-AUC {_fmt(diagnostics['presence_auc'], False)}; "
+                  f"queries keeping 0/1/2/3+ instances: {kept}."]
     notes = []
     if metrics.get("skipped_records"):
         notes.append(f"{metrics['skipped_records']} malformed records skipped")
