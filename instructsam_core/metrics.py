@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pycocotools import mask as coco_mask
+from scipy.stats import mannwhitneyu
 
 from instructsam_core.masks import MaskFormatError, rle_to_mask, validate_rle
 
@@ -281,9 +282,8 @@ def presence_auc(queries: Sequence[QueryEval]) -> float | None:
     if present.all() or not present.any():
         return None
     positives, negatives = top[present], top[~present]
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+    u_statistic = mannwhitneyu(positives, negatives, alternative="two-sided").statistic
+    return float(u_statistic / (positives.size * negatives.size))
 
 
 def kept_per_query(queries: Sequence[QueryEval], threshold: float) -> dict[str, int]:
