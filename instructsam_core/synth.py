@@ -11,7 +11,9 @@ Output of `generate(out_dir, n, seed, split)`:
 - `images/<split>_<index>.png` (RGB, sizes 160..320 px per side, not square in general);
 - `train.json`: training records (reference-design.md "Data formats"). Per image two records:
   one `type: "instseg"` record with category phrases (present and absent), and one
-  `type: "referring"` record with referring phrases and reasoning sentences. Each annotation is
+  `type: "referring"` record with referring phrases and reasoning sentences (`near_miss_phrases`
+  adds hard negatives to the instseg record from a random stream of its own, so the benchmark
+  queries of the same images do not change). Each annotation is
   `{type: "phrase"|"sentence", text, category, ann_type: "mask", ann: [JSON-encoded COCO RLE per
   instance] | null, answer}` where `answer` is the phrase the model answers with (the text
   itself for phrases, the category for sentences);
@@ -339,6 +341,32 @@ def training_queries(rng: np.random.Generator, queries: dict[str, list[Query]]) 
     return inst, refer
 
 
+def near_misses(scene: Scene, queries: dict[str, list[Query]]) -> list[Query]:
+    """Absent category phrases one attribute away from something in the image: "red squares"
+    beside a red triangle or a green square, or "rings" among circles. Only these need the
+    model to look at shape and colour together; "blue shapes" with no blue at all is easy."""
+    colors = {o.color for o in scene.objects}
+    shapes = {o.shape for o in scene.objects}
+    found = []
+    for q in queries["no_target"]:
+        if q.kind != "category":
+            continue
+        words = q.category.split()
+        if len(words) == 1:  # "rings": any other shape is a near miss
+            found.append(q)
+        elif words[1] != "shapes" and (words[0] in colors or words[1][:-1] in shapes):
+            found.append(q)
+    return found
+
+
+def add_near_misses(rng: np.random.Generator, scene: Scene, queries: dict[str, list[Query]],
+                    inst: list[Query], count: int) -> list[Query]:
+    """`inst` plus up to `count` near-miss phrases it does not hold yet (at most 10 phrases in
+    all, the release's limit). Hard negatives teach what the benchmark's absent phrases test."""
+    used = {q.text for q in inst}
+    return inst + _pick(rng, near_misses(scene, queries), min(count, 10 - len(inst)), used)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -364,11 +392,13 @@ def _write_json(path: Path, payload: object) -> None:
     os.replace(temporary, path)
 
 
-def split_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """Independent random stream per (seed, split, image): image i is the same whatever n is."""
+def split_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
+    """Independent random stream per (seed, split, image): image i is the same whatever n is.
+    `stream` > 0 gives further independent streams of the same image."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], int(index)]))
+    entropy = [int(seed), SPLITS[split], int(index)] + ([int(stream)] if stream else [])
+    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def generate(
@@ -377,12 +407,16 @@ def generate(
     seed: int = 0,
     split: str = "train",
     progress: bool = True,
+    near_miss_phrases: int = 0,
 ) -> dict[str, int]:
-    """Write `n` images and their annotations under `out_dir`; returns counts for the summary."""
+    """Write `n` images and their annotations under `out_dir`; returns counts for the summary.
+    `near_miss_phrases` adds that many hard-negative phrases to each `instseg` record."""
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
     if seed < 0:
         raise UserError(f"--seed must be non-negative, got {seed}")
+    if not 0 <= near_miss_phrases <= 3:
+        raise UserError(f"--near-misses must be in 0..3, got {near_miss_phrases}")
     out = Path(out_dir)
     images_dir = out / "images"
     try:
@@ -406,6 +440,9 @@ def generate(
         rles = [json.dumps(encode_mask(o.mask), separators=(",", ":")) for o in scene.objects]
         queries = scene_queries(scene)
         inst, refer = training_queries(rng, queries)
+        if near_miss_phrases:
+            # A stream of its own: the benchmark queries drawn next stay the same.
+            inst = add_near_misses(split_rng(seed, split, index, stream=1), scene, queries, inst, near_miss_phrases)
         for record_type, chosen in (("instseg", inst), ("referring", refer)):
             if not chosen:
                 continue

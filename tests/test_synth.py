@@ -132,6 +132,37 @@ def test_benchmark_instructions_mean_what_they_say(synth_dir):
     assert all(160 <= h <= 320 and 160 <= w <= 320 for h, w in sizes)
 
 
+def test_near_misses_add_absent_phrases_one_attribute_away_and_leave_the_benchmark_alone(synth_dir, tmp_path):
+    out = tmp_path / "nm"
+    assert cli_main(["synth", "--out", str(out), "--n", str(N), "--seed", "5", "--near-misses", "2", "--quiet"]) == 0
+    assert (out / "inst2seg.json").read_bytes() == (synth_dir / "inst2seg.json").read_bytes()
+    plain = json.loads((synth_dir / "train.json").read_text())
+    harder = json.loads((out / "train.json").read_text())
+    scenes = json.loads((synth_dir / "scenes.json").read_text())
+    by_image = {s["image"]: s for s in scenes}
+    added_total = 0
+    for before, after in zip(plain, harder):
+        assert before["image"] == after["image"] and len(after["annotation"]) <= 10
+        assert after["annotation"][: len(before["annotation"])] == before["annotation"]
+        added = after["annotation"][len(before["annotation"]):]
+        if before["type"] != "instseg":
+            assert not added
+        assert len(added) <= 2
+        added_total += len(added)
+        objects = by_image[after["image"]]["objects"]
+        for ann in added:
+            assert ann["ann"] is None and ann["text"] not in [a["text"] for a in before["annotation"]]
+            words = ann["text"].split()
+            if len(words) == 1:  # a shape nobody in the image has
+                assert words[0][:-1] not in {o["shape"] for o in objects}
+            else:  # colour + shape: absent, but one of the two is in the image
+                color, shape = words[0], words[1][:-1]
+                assert (color, shape) not in {(o["color"], o["shape"]) for o in objects}
+                assert color in {o["color"] for o in objects} or shape in {o["shape"] for o in objects}
+    assert added_total >= N  # most records get their two
+    assert cli_main(["synth", "--out", str(tmp_path / "bad"), "--near-misses", "4"]) == 2
+
+
 def test_vocabulary_covers_every_generated_text(synth_dir):
     words = set(vocabulary())
     texts = [a["text"] for r in json.loads((synth_dir / "inst2seg.json").read_text()) for a in r["annotation"]]

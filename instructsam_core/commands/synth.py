@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"],
                         help="independent random stream per split (default train)")
+    parser.add_argument("--near-misses", type=int, default=0, metavar="K",
+                        help="add K (0..3) hard-negative phrases to every instseg training record: absent "
+                             "categories one attribute away from an object in the image (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -27,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instructsam_core.synth import generate
 
-    counts = generate(args.out, args.n, seed=args.seed, split=args.split, progress=not args.quiet)
+    counts = generate(args.out, args.n, seed=args.seed, split=args.split, progress=not args.quiet,
+                      near_miss_phrases=args.near_misses)
     print(json.dumps({"out": str(args.out), "split": args.split, "seed": args.seed, **counts}))
     return 0
