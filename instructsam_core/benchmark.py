@@ -99,7 +99,7 @@ def run_benchmark(
     ids, mask = model.pad_phrases([processor._encode(phrase)])
     index = torch.zeros(1, dtype=torch.long, device=device)
     detected = model.detect(states, ids, mask, features, index)
-    logits, masks = detected.pred_logits.float().cpu(), detected.pred_masks.float()
+    scores, masks = predictor.scores(detected).cpu(), detected.pred_masks.float()
 
     stages_fns = {
         "preprocess": lambda: processor([image], [instruction]),
@@ -109,7 +109,7 @@ def run_benchmark(
         "generation_all_steps": generation_vlm,
         "sam3_image_encoder": lambda: model.encode_sam_images(sam_pixels),
         "sam3_decoder_and_mask_head": lambda: model.detect(states, ids, mask, features, index),
-        "postprocess": lambda: predictor._instances([phrase], logits, masks, (height, width), predictor.threshold),
+        "postprocess": lambda: predictor._instances([phrase], scores, masks, (height, width), predictor.threshold),
     }
     def generation_flow():
         batch = {k: v.to(device) for k, v in processor([image], [instruction]).items() if k != "image_sizes"}
@@ -117,7 +117,7 @@ def run_benchmark(
                                   batch["image_grid_thw"], batch["mm_token_type_ids"], max_new_tokens=len(answer),
                                   forced_ids=forced)
         out = model.detect(result.query_states, ids, mask, model.encode_sam_images(batch["sam_pixel_values"]), index)
-        predictor._instances([phrase], out.pred_logits.float().cpu(), out.pred_masks.float(), (height, width),
+        predictor._instances([phrase], predictor.scores(out).cpu(), out.pred_masks.float(), (height, width),
                              predictor.threshold)
 
     # Both flows include preprocessing and post-processing, so their ratio is the per-frame gain.

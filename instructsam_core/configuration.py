@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, Qwen3VLConfig, Sam3Config
 
+INSTANCE_SCORES = ("query", "query_x_mask")
+
 
 class InstructSamConfig(Qwen3VLConfig):
     """Configuration of `InstructSamForSegmentation`.
@@ -18,6 +20,13 @@ class InstructSamConfig(Qwen3VLConfig):
     max_phrase_tokens: phrase tokens fed to SAM3 as prompt tokens (at most 32).
     *_token_id: ids of the special tokens of the answer layout (filled from the tokenizer).
     sam3_image_size: side of the square image SAM3 sees (1008 for the real model).
+    instance_score: how an instance's score is formed from the detector's outputs. "query" (the
+        release): sigmoid of the score head. "query_x_mask": that times the mean mask probability
+        over the instance's own mask (Mask2Former's instance inference), so an empty or unsure
+        mask ranks low; the from-scratch synthetic recipe uses it, the released model does not.
+    presence_head: keep SAM3's presence head (the decoder's presence token -> MLP -> one logit
+        per phrase: "is it in the image at all?") and multiply every instance score by its
+        sigmoid, as SAM3 does. The release drops it (False); the from-scratch recipe keeps it.
     """
 
     model_type = "instructsam"
@@ -34,9 +43,13 @@ class InstructSamConfig(Qwen3VLConfig):
     ref_end_token_id: int | None = None
     im_end_token_id: int | None = None
     score_threshold: float = 0.3
+    instance_score: str = "query"
+    presence_head: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.instance_score not in INSTANCE_SCORES:
+            raise ValueError(f"instance_score must be one of {', '.join(INSTANCE_SCORES)}, got {self.instance_score!r}")
         # SAM3's decoder holds exactly one learned reference box per instance query.
         decoder = self.sam3_config.detr_decoder_config
         decoder.num_queries = self.num_queries_per_phrase

@@ -39,7 +39,8 @@ class InstructSamOutput(ModelOutput):
 
     logits [B, L, V] (only when asked for); query_states [P, Q, H]; pred_masks [P, Q, h, w] mask
     logits on SAM3's square grid; pred_logits [P, Q] score logits; pred_boxes [P, Q, 4] xyxy in
-    [0, 1]; semantic_logits [P, h, w] SAM3's semantic head (training only); phrase_row [P] batch
+    [0, 1]; semantic_logits [P, h, w] SAM3's semantic head (training only); presence_logits [P]
+    (only with `config.presence_head`); phrase_row [P] batch
     row of each block; phrase_ids/phrase_mask [P, T] the phrase tokens used as SAM3 prompts.
     """
 
@@ -49,6 +50,7 @@ class InstructSamOutput(ModelOutput):
     pred_logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     semantic_logits: torch.Tensor | None = None
+    presence_logits: torch.Tensor | None = None
     phrase_row: torch.Tensor | None = None
     phrase_ids: torch.Tensor | None = None
     phrase_mask: torch.Tensor | None = None
@@ -67,7 +69,7 @@ class InstructSamBackbone(Qwen3VLModel):
         # ModuleList of one: the release's key layout is `mask_hidden_fcs.0.{0,2}`.
         self.mask_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
         self.text_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
-        self.grounding_model = GroundingModel(config.sam3_config)
+        self.grounding_model = GroundingModel(config.sam3_config, presence_head=config.presence_head)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -292,6 +294,7 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
             output.pred_logits = detected.pred_logits
             output.pred_boxes = detected.pred_boxes
             output.semantic_logits = detected.semantic_logits
+            output.presence_logits = detected.presence_logits
         return output
 
 

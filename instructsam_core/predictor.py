@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from instructsam_core import tokens as T
+from instructsam_core.configuration import INSTANCE_SCORES
 from instructsam_core.errors import UserError
 from instructsam_core.generation import generate_queries
 from instructsam_core.images import as_rgb_array
@@ -25,6 +26,7 @@ from instructsam_core.instances import Instance, Prediction, mask_to_box
 from instructsam_core.model_paths import resolve_model_dir
 from instructsam_core.modeling import InstructSamForSegmentation
 from instructsam_core.processing import InstructSamProcessor
+from instructsam_core.sam3_detector import DetectorOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,6 +58,32 @@ def check_instruction(instruction: str) -> str:
     if len(instruction) > T.MAX_INSTRUCTION_CHARS:
         raise UserError(f"the instruction is {len(instruction)} characters long; the limit is {T.MAX_INSTRUCTION_CHARS}")
     return " ".join(instruction.split())
+
+
+def instance_scores(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    rule: str = "query",
+    presence_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scores [P, Q] in [0, 1] from score logits [P, Q], mask logits [P, Q, h, w] and, with SAM3's
+    presence head, presence logits [P].
+
+    "query": sigmoid(logits), the release. "query_x_mask": times the mean mask probability over
+    the pixels the mask keeps (logit > 0), 0 for an empty mask - the score head alone cannot see
+    how sure the mask is, and an empty mask is no instance at all. Presence logits multiply every
+    query of their phrase by sigmoid(presence), as in SAM3.
+    """
+    if rule not in INSTANCE_SCORES:
+        raise UserError(f"unknown instance_score rule {rule!r} (choose from {', '.join(INSTANCE_SCORES)})")
+    scores = logits.float().sigmoid()
+    if rule == "query_x_mask":
+        inside = (masks > 0).flatten(2).float()
+        mean_probability = (masks.flatten(2).float().sigmoid() * inside).sum(-1) / inside.sum(-1).clamp(min=1.0)
+        scores = scores * mean_probability.to(scores.device)
+    if presence_logits is not None:
+        scores = scores * presence_logits.float().sigmoid().to(scores.device)[:, None]
+    return scores
 
 
 class Predictor:
@@ -139,7 +167,7 @@ class Predictor:
         timings: dict[str, float] = {}
         known = [i for i in range(len(arrays)) if wanted[i] is not None]
         unknown = [i for i in range(len(arrays)) if wanted[i] is None]
-        # Per sample: (phrase texts, answer text, score logits [P, Q], mask logits [P, Q, h, w]).
+        # Per sample: (phrase texts, answer text, scores [P, Q], mask logits [P, Q, h, w]).
         raw: dict[int, tuple[list[str], str, torch.Tensor, torch.Tensor]] = {}
         if known:
             raw.update(self._single_forward([arrays[i] for i in known], [instructions[i] for i in known],
@@ -148,9 +176,9 @@ class Predictor:
             raw[i] = self._generate(arrays[i], instructions[i], timings)
         results = []
         for i, array in enumerate(arrays):
-            names, answer, logits, masks = raw[i]
+            names, answer, scores, masks = raw[i]
             with self._timed(timings, "postprocess"):
-                instances = self._instances(names, logits, masks, array.shape[:2], threshold)
+                instances = self._instances(names, scores, masks, array.shape[:2], threshold)
             results.append(Prediction(instructions[i], names, instances, array.shape[:2], answer, dict(timings)))
         return results
 
@@ -163,12 +191,12 @@ class Predictor:
         with self._timed(timings, "vlm"):
             out = self.model(**batch, compute_logits=False)
         rows = out.phrase_row.tolist()
-        logits, masks = self._detect(out.query_states, out.phrase_ids, out.phrase_mask, out.phrase_row,
+        scores, masks = self._detect(out.query_states, out.phrase_ids, out.phrase_mask, out.phrase_row,
                                      sam_pixel_values, timings)
         per_sample, start = {}, 0
         for local, index in enumerate(indices):
             count = rows.count(local)
-            per_sample[index] = (phrase_lists[local], "", logits[start : start + count], masks[start : start + count])
+            per_sample[index] = (phrase_lists[local], "", scores[start : start + count], masks[start : start + count])
             start += count
         return per_sample
 
@@ -188,8 +216,8 @@ class Predictor:
         names = [T.normalize_phrase(self.processor.decode(p)) for p in result.phrases]
         ids, mask = self.model.pad_phrases(result.phrases)
         index = torch.zeros(len(names), dtype=torch.long, device=self.device)
-        logits, masks = self._detect(result.query_states, ids, mask, index, batch["sam_pixel_values"], timings)
-        return names, answer, logits, masks
+        scores, masks = self._detect(result.query_states, ids, mask, index, batch["sam_pixel_values"], timings)
+        return names, answer, scores, masks
 
     def _detect(self, queries, phrase_ids, phrase_mask, image_index, sam_pixel_values, timings):
         """SAM3 for every phrase: images encoded once, phrases decoded together."""
@@ -197,13 +225,18 @@ class Predictor:
             features = self.model.encode_sam_images(sam_pixel_values)
         with self._timed(timings, "sam_decoder"):
             out = self.model.detect(queries, phrase_ids, phrase_mask, features, image_index)
-        return out.pred_logits.detach().float().cpu(), out.pred_masks.detach().float()
+        return self.scores(out).cpu(), out.pred_masks.detach().float()
 
-    def _instances(self, names, logits, masks, size, threshold) -> list[Instance]:
+    def scores(self, out: DetectorOutput) -> torch.Tensor:
+        """Instance scores [P, Q] of a detector output under the model's `instance_score` rule."""
+        presence = None if out.presence_logits is None else out.presence_logits.detach()
+        return instance_scores(out.pred_logits.detach(), out.pred_masks.detach(), self.model.config.instance_score,
+                               presence)
+
+    def _instances(self, names, scores, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""
-        if logits.numel() == 0:
+        if scores.numel() == 0:
             return []
-        scores = logits.sigmoid()
         flat = scores.flatten()
         keep = torch.nonzero(flat > threshold).flatten() if threshold > 0 else torch.arange(flat.numel())
         keep = keep[flat[keep].argsort(descending=True, stable=True)][: self.max_instances]

@@ -4,8 +4,10 @@ Built from the stock transformers SAM3 modules so that released SAM3 weights loa
 usual keys (`vision_encoder.*`, `detr_encoder.*`, `detr_decoder.*`, `mask_decoder.*`,
 `dot_product_scoring.*`). What InstructSAM does not use is not built: the CLIP text encoder and
 its projection (the phrase encoder MLP replaces them), the geometry encoder (no box/point
-prompts) and the presence head (score = sigmoid(pred_logits)). The presence *token* stays in the
-decoder's query sequence, because every stock decoder layer expects it at position 0.
+prompts) and, as in the release, the presence head (score = sigmoid(pred_logits)). The presence
+*token* stays in the decoder's query sequence, because every stock decoder layer expects it at
+position 0. `presence_head=True` keeps SAM3's head on that token (a from-scratch option: score =
+sigmoid(pred_logits) * sigmoid(presence logit), as in SAM3 itself).
 """
 from __future__ import annotations
 
@@ -44,12 +46,14 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
     queries. Here the caller's queries replace `query_embed`, while the learned reference boxes
     (`reference_points`, one per query) and every layer keep their stock names and shapes.
     `query_embed` is kept (unused) so that SAM3 checkpoints load without key surgery. The
-    presence token still leads the sequence (the stock layers expect it); its head is not built.
+    presence token still leads the sequence (the stock layers expect it); its head is built only
+    with `presence_head=True`.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, presence_head: bool = False):
         super().__init__(config)
-        del self.presence_head, self.presence_layer_norm
+        if not presence_head:
+            del self.presence_head, self.presence_layer_norm
 
     def forward(  # type: ignore[override]
         self,
@@ -59,8 +63,9 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
         vision_pos_encoding: torch.Tensor,
         text_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run all layers; return (final normed query states, final refined boxes).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Run all layers; return (final normed query states, final refined boxes, presence
+        logits [P] or None without the head).
 
         Boxes are (cx, cy, w, h) in [0, 1]. Only the last layer is returned: InstructSAM trains
         without auxiliary layer losses.
@@ -101,31 +106,38 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
             # Iterative box refinement in logit space; the next layer starts from a detached box.
             refined_boxes = (self.box_head(normed) + inverse_sigmoid(reference_boxes)).sigmoid()
             reference_boxes = refined_boxes.detach()
-        return normed, refined_boxes
+        presence = None
+        if hasattr(self, "presence_head"):
+            presence = self.presence_head(self.presence_layer_norm(hidden_states[:, 0])).squeeze(-1)
+            # SAM3 clamps the presence logit the same way.
+            presence = presence.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val)
+        return normed, refined_boxes, presence
 
 
 @dataclass
 class DetectorOutput:
     """Per phrase P and query Q: mask logits [P, Q, h, w], score logits [P, Q], boxes xyxy [P, Q, 4],
     and SAM3's semantic-segmentation logits [P, h, w] (where the phrase matches, all instances
-    together; inference does not use them, a from-scratch training loss may)."""
+    together; inference does not use them, a from-scratch training loss may); presence logits [P]
+    ("is the phrase in the image at all") only when the presence head is built."""
 
     pred_masks: torch.Tensor
     pred_logits: torch.Tensor
     pred_boxes: torch.Tensor
     semantic_logits: torch.Tensor | None = None
+    presence_logits: torch.Tensor | None = None
 
 
 class Sam3QueryDetector(Sam3PreTrainedModel):
     """The parts of `Sam3Model` that turn (image, prompt tokens, queries) into instance masks."""
 
-    def __init__(self, config: Sam3Config):
+    def __init__(self, config: Sam3Config, presence_head: bool = False):
         super().__init__(config)
         for sub in ("detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
             getattr(config, sub)._attn_implementation = config._attn_implementation
         self.vision_encoder = Sam3VisionModel(config.vision_config)
         self.detr_encoder = Sam3DetrEncoder(config.detr_encoder_config)
-        self.detr_decoder = QueryInputDetrDecoder(config.detr_decoder_config)
+        self.detr_decoder = QueryInputDetrDecoder(config.detr_decoder_config, presence_head)
         self.mask_decoder = Sam3MaskDecoder(config.mask_decoder_config)
         self.dot_product_scoring = Sam3DotProductScoring(config)
         self.post_init()
@@ -157,7 +169,7 @@ class Sam3QueryDetector(Sam3PreTrainedModel):
             vision_pos_embeds=[fpn_pos[-1]],
             text_mask=prompt_mask,
         )
-        queries, boxes = self.detr_decoder(
+        queries, boxes, presence = self.detr_decoder(
             query_embeds=query_embeds,
             vision_features=encoded.last_hidden_state,
             text_features=encoded.text_features,
@@ -178,15 +190,15 @@ class Sam3QueryDetector(Sam3PreTrainedModel):
             prompt_mask=prompt_mask,
         )
         return DetectorOutput(pred_masks=decoded.pred_masks, pred_logits=logits, pred_boxes=box_cxcywh_to_xyxy(boxes),
-                              semantic_logits=decoded.semantic_seg[:, 0])
+                              semantic_logits=decoded.semantic_seg[:, 0], presence_logits=presence)
 
 
 class GroundingModel(nn.Module):
     """Holder that reproduces the release's key prefix `grounding_model.model.*`."""
 
-    def __init__(self, config: Sam3Config):
+    def __init__(self, config: Sam3Config, presence_head: bool = False):
         super().__init__()
-        self.model = Sam3QueryDetector(config)
+        self.model = Sam3QueryDetector(config, presence_head)
 
 
 def projector_mlp(hidden_size: int, out_size: int) -> nn.Sequential:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from instructsam_core import tokens as T
-from instructsam_core.errors import CheckpointError
+from instructsam_core.errors import CheckpointError, UserError
 from instructsam_core.generation import generate_queries
 from instructsam_core.modeling import InstructSamForSegmentation
-from instructsam_core.predictor import Predictor
+from instructsam_core.predictor import Predictor, instance_scores
 from instructsam_core.processing import IGNORE_INDEX, InstructSamProcessor
 
 RELEASED_PREFIXES = (
@@ -260,6 +261,98 @@ def test_threshold_keeps_only_scores_above_it(tiny_model_dir):
     cut = float(np.median([inst.score for inst in everything.instances]))
     kept = Predictor(model, processor, threshold=cut).predict(image(), "stars")
     assert [i.score for i in kept.instances] == [i.score for i in everything.instances if i.score > cut]
+
+
+def test_mask_weighted_scores_follow_the_hand_computed_means():
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    masks = torch.full((1, 3, 2, 2), -5.0)
+    masks[0, 0] = torch.tensor([[3.0, 1.0], [-2.0, -4.0]])  # keeps two pixels
+    masks[0, 1, 0, 0] = 0.5  # keeps one pixel; query 2 keeps none
+    scores = instance_scores(logits, masks, "query_x_mask")
+    probability = torch.sigmoid
+    expected = [0.5 * (probability(torch.tensor(3.0)) + probability(torch.tensor(1.0))) / 2,
+                probability(torch.tensor(2.0)) * probability(torch.tensor(0.5)), 0.0]
+    assert scores[0].tolist() == pytest.approx([float(e) for e in expected], abs=1e-6)
+    assert instance_scores(logits, masks, "query")[0].tolist() == pytest.approx(torch.sigmoid(logits)[0].tolist())
+    with pytest.raises(UserError, match="instance_score"):
+        instance_scores(logits, masks, "mask_only")
+
+
+def test_predictor_applies_the_configs_instance_score_rule(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    plain = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
+    model.config.instance_score = "query_x_mask"
+    weighted = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
+    by_query = {inst.query_index: inst for inst in plain.instances}
+    assert len(weighted.instances) == len(plain.instances) == 10
+    for inst in weighted.instances:
+        before = by_query[inst.query_index]
+        # Never above the query score; exactly 0 when the mask is empty.
+        assert inst.score <= before.score + 1e-6
+        if not inst.mask.any():
+            assert inst.score == 0.0
+    assert [i.score for i in weighted.instances] != [i.score for i in plain.instances]
+
+
+def test_presence_scales_every_query_of_its_phrase():
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    masks = torch.ones(2, 2, 3, 3)
+    presence = torch.tensor([0.0, math.log(3.0)])  # sigmoid: 0.5 and 0.75
+    scores = instance_scores(logits, masks, "query", presence)
+    expected = torch.sigmoid(logits) * torch.tensor([[0.5], [0.75]])
+    assert torch.allclose(scores, expected)
+
+
+def test_presence_head_option_builds_saves_and_loads_sam3s_head(tmp_path):
+    from instructsam_core.configuration import InstructSamConfig
+    from instructsam_core.tiny import write_tiny_model
+
+    plain = write_tiny_model(tmp_path / "plain", seed=0)
+    with_head = tmp_path / "with"
+    shutil.copytree(plain, with_head)
+    config = InstructSamConfig.from_pretrained(plain)
+    config.presence_head = True
+    torch.manual_seed(0)
+    InstructSamForSegmentation(config).save_pretrained(with_head)
+    weights = load_file(str(with_head / "model.safetensors"))
+    head_keys = [k for k in weights if ".detr_decoder.presence_head." in k or ".detr_decoder.presence_layer_norm." in k]
+    assert head_keys
+    model, processor = load(with_head)
+    batch = processor([image()], ["red circles, stars"], phrases=[["red circles", "stars"]])
+    sam = batch.pop("sam_pixel_values")
+    with torch.no_grad():
+        out = model(**model_inputs(batch), sam_pixel_values=sam, compute_logits=False)
+    assert out.presence_logits.shape == (2,) and bool(out.presence_logits.abs().le(10.0).all())
+    # Instance scores = query score x sigmoid(presence) for every query of the phrase.
+    predictor = Predictor(model, processor, threshold=0.0)
+    prediction = predictor.predict(image(), "red circles, stars", phrases=["red circles", "stars"])
+    probabilities = torch.sigmoid(out.pred_logits) * torch.sigmoid(out.presence_logits)[:, None]
+    for inst in prediction.instances:
+        assert inst.score == pytest.approx(float(probabilities[inst.phrase_index, inst.query_index]), abs=1e-5)
+    # A checkpoint without the head's weights cannot silently load into a model that has one.
+    broken = tmp_path / "broken"
+    shutil.copytree(with_head, broken)
+    save_file({k: v for k, v in weights.items() if k not in head_keys}, str(broken / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="presence_head"):
+        InstructSamForSegmentation.from_pretrained(broken)
+    # The release's layout (no head) ignores those keys when a checkpoint carries them.
+    release_layout = tmp_path / "release_layout"
+    shutil.copytree(plain, release_layout)
+    extra = load_file(str(plain / "model.safetensors"))
+    extra.update({k: weights[k] for k in head_keys})
+    save_file(extra, str(release_layout / "model.safetensors"), metadata={"format": "pt"})
+    decoder = InstructSamForSegmentation.from_pretrained(release_layout).model.grounding_model.model.detr_decoder
+    assert not hasattr(decoder, "presence_head")
+
+
+def test_unknown_instance_score_rule_is_a_config_error(tiny_model_dir, tmp_path):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["instance_score"] = "mask_only"
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="instance_score"):
+        InstructSamForSegmentation.from_pretrained(tmp_path / "m")
 
 
 def test_config_without_token_ids_takes_them_from_the_tokenizer(tiny_model_dir, tmp_path):

@@ -240,3 +240,26 @@ def test_semantic_term_by_hand():
         logits, scores, targets, semantic_logits=torch.zeros(3, 16, 16), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(plain["semantic"], flat)
     assert torch.allclose(weighted["loss"] - plain["loss"], 2.0 * flat, atol=1e-5)
+
+
+def test_presence_term_by_hand():
+    # Phrases 0 and 1 have instances, phrase 2 none. Presence logits [ln 3, 0, ln 3]:
+    # BCE = -ln(0.75), ln 2, -ln(0.25) -> mean (ln(4/3) + ln 2 + ln 4) / 3.
+    targets = [_disjoint_masks(1), _disjoint_masks(2), torch.zeros(0, 16, 16)]
+    presence = torch.tensor([math.log(3.0), 0.0, math.log(3.0)])
+    expected = (math.log(4.0 / 3.0) + math.log(2.0) + math.log(4.0)) / 3.0
+    assert torch.allclose(SetCriterion.presence_loss(presence, targets), torch.tensor(expected))
+    logits = torch.full((3, 10, 16, 16), -20.0)
+    scores = torch.full((3, 10), -20.0)
+    generator = torch.Generator().manual_seed(0)
+    without = SetCriterion(num_points=64)(logits, scores, targets, generator=generator)
+    assert without["presence"].item() == 0.0
+    for weight in (0.0, 3.0):
+        with_head = SetCriterion(num_points=64, weights=LossWeights(presence=weight))(
+            logits, scores, targets, presence_logits=presence, generator=torch.Generator().manual_seed(0))
+        assert with_head["presence"].item() == torch.tensor(expected).item()
+        assert torch.allclose(with_head["loss"] - without["loss"], torch.tensor(weight * expected), atol=1e-5)
+    # A confident right answer costs almost nothing; the same logits on the wrong phrases a lot.
+    right = SetCriterion.presence_loss(torch.tensor([20.0, 20.0, -20.0]), targets)
+    wrong = SetCriterion.presence_loss(torch.tensor([-20.0, -20.0, 20.0]), targets)
+    assert right.item() < 1e-6 and wrong.item() > 19.0

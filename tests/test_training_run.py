@@ -160,3 +160,21 @@ def test_scratch_overrides_reach_the_model(data_root, tmp_path):
     bad = _recipe_file(tmp_path, model={"init": "scratch", "scratch_overrides": {"sam3_config.no_such": 1}})
     with pytest.raises(UserError, match="no 'no_such'"):
         Trainer(load_recipe(bad), data_root, tmp_path / "bad", progress=False).run()
+
+
+def test_presence_head_trains_only_when_the_model_has_one(data_root, tmp_path):
+    with_weight = {"num_points": 128, "weights": {"presence": 1.0}}
+    bad = _recipe_file(tmp_path, loss=with_weight)
+    with pytest.raises(UserError, match="presence head"):
+        Trainer(load_recipe(bad), data_root, tmp_path / "bad", progress=False).run()
+    recipe_path = _recipe_file(tmp_path, loss=with_weight, schedule={"max_steps": 2, "warmup_ratio": 0.0},
+                               model={"init": "scratch", "scratch": {}, "scratch_overrides": {"presence_head": True}})
+    run = tmp_path / "presence"
+    Trainer(load_recipe(recipe_path), data_root, run, progress=False).run()
+    assert all(0.0 < e["presence"] < 5.0 for e in _log(run))
+    from safetensors.torch import load_file
+
+    start = load_file(str(run / "init_model" / "model.safetensors"))
+    final = load_file(str(run / "final" / "model.safetensors"))
+    head = [k for k in final if ".detr_decoder.presence_head." in k]
+    assert head and all(not torch.equal(start[k], final[k]) for k in head)

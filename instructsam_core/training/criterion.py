@@ -17,6 +17,10 @@
   A detector trained from scratch learns "where, if anywhere, does this phrase match" from this
   dense signal far sooner than from the set loss, which says nothing about an absent phrase
   except through 10 score logits; the released SAM3 arrives with that knowledge.
+- Optional presence term (the release has no presence head): BCE between SAM3's presence logit
+  of each phrase and "the phrase has at least one instance". It trains the presence token to
+  answer the image-level question the ten instance scores are bad at learning from scratch
+  (their targets are mostly 0 for present phrases too); at inference it scales every score.
 - Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
   box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
   already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
@@ -48,6 +52,7 @@ class LossWeights:
     box_l1: float = 0.0
     box_giou: float = 0.0
     semantic: float = 0.0
+    presence: float = 0.0
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -181,6 +186,12 @@ class SetCriterion:
         bce = F.binary_cross_entropy_with_logits(logits, union, reduction="none").mean(-1)
         return (bce + dice_loss(logits, union)).mean()
 
+    @staticmethod
+    def presence_loss(presence_logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mean BCE between presence logits [P] and whether each phrase has any instance."""
+        present = torch.tensor([float(t.shape[0] > 0) for t in targets], device=presence_logits.device)
+        return F.binary_cross_entropy_with_logits(presence_logits.float(), present)
+
     def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
         """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1) (or 1 with
         score_target "binary"); the rest 0."""
@@ -209,14 +220,16 @@ class SetCriterion:
         generator: torch.Generator | None = None,
         pred_boxes: torch.Tensor | None = None,
         semantic_logits: torch.Tensor | None = None,
+        presence_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic"}:
-        the unweighted terms and the weighted total.
+        """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic",
+        "presence"}: the unweighted terms and the weighted total.
 
         `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
         be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
         `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them), `semantic_logits`
-        [P, h, w] (optional; semantic term 0 without them).
+        [P, h, w] (optional; semantic term 0 without them), `presence_logits` [P] (optional; always
+        part of the total when given, even at weight 0, so that DDP sees the head used).
         """
         match = self.matcher(mask_logits, score_logits, targets)
         mask_bce, mask_dice = self.mask_losses(mask_logits, targets, match, generator)
@@ -239,5 +252,9 @@ class SetCriterion:
             semantic = self.semantic_losses(semantic_logits, targets)
             if w.semantic:
                 total = total + w.semantic * semantic
+        presence = score.new_zeros(())
+        if presence_logits is not None:
+            presence = self.presence_loss(presence_logits, targets)
+            total = total + w.presence * presence
         return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
-                "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic}
+                "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic, "presence": presence}

@@ -37,7 +37,8 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
     deepspeed: null | FILE               # a DeepSpeed config (ZeRO-1 in training/)
     loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75, score_target: dice,
            weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0,
-                     semantic: 0.0}}   # box_*, semantic: from-scratch aids, 0 in the release (criterion.py)
+                     semantic: 0.0, presence: 0.0}}   # box_*, semantic, presence: from-scratch aids,
+                                                      # 0 in the release (criterion.py)
     checkpoint: {every_steps: 500, keep: 2}
     log_every: 10
     merge_lora_at_end: true              # LoRA runs also write the merged model to final/
@@ -81,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "importance_sample_ratio": 0.75,
         "score_target": "dice",
         "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0,
-                    "semantic": 0.0},
+                    "semantic": 0.0, "presence": 0.0},
     },
     "checkpoint": {"every_steps": 500, "keep": 2},
     "log_every": 10,

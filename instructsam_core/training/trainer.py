@@ -36,7 +36,7 @@ from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic")
+LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence")
 LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
                     "sam_pixel_values")
@@ -197,10 +197,15 @@ class Trainer:
             print(f"model: {counts['trainable'] / 1e6:.2f} M trainable, {counts['frozen'] / 1e6:.2f} M frozen; "
                   f"{len(dataset)} examples, {total_steps} steps of {global_batch} on {world} process(es)", flush=True)
 
+        has_presence_head = bool(getattr(model.config, "presence_head", False))
         model, optimizer = accelerator.prepare(model, optimizer)
         weights = LossWeights(**recipe["loss"]["weights"])
         self._uses_boxes = bool(weights.box_l1 or weights.box_giou)
         self._uses_semantic = bool(weights.semantic)
+        self._uses_presence = has_presence_head
+        if weights.presence and not self._uses_presence:
+            raise UserError("recipe: loss.weights.presence needs a model with SAM3's presence head "
+                            "(config presence_head: true, e.g. model.scratch_overrides.presence_head)")
         criterion = SetCriterion(
             weights=weights,
             num_points=recipe["loss"]["num_points"],
@@ -264,7 +269,8 @@ class Trainer:
                 losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
                                    out.logits, labels.to(accelerator.device), generator=generator,
                                    pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
-                                   semantic_logits=out.semantic_logits if self._uses_semantic else None)
+                                   semantic_logits=out.semantic_logits if self._uses_semantic else None,
+                                   presence_logits=out.presence_logits)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
@@ -296,7 +302,8 @@ class Trainer:
                 window = 0
                 if bar is not None:
                     hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
-                              or (k == "semantic" and not self._uses_semantic)}
+                              or (k == "semantic" and not self._uses_semantic)
+                              or (k == "presence" and not self._uses_presence)}
                     shown = {k: v for k, v in last.items() if k not in hidden}
                     bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
             if bar is not None:
