@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, Qwen3VLConfig, Sam3Config
 
-INSTANCE_SCORES = ("query", "query_x_mask")
+INSTANCE_SCORES = ("query", "query_x_mask", "semantic_x_mask")
 
 
 class InstructSamConfig(Qwen3VLConfig):
@@ -23,10 +23,18 @@ class InstructSamConfig(Qwen3VLConfig):
     instance_score: how an instance's score is formed from the detector's outputs. "query" (the
         release): sigmoid of the score head. "query_x_mask": that times the mean mask probability
         over the instance's own mask (Mask2Former's instance inference), so an empty or unsure
-        mask ranks low; the from-scratch synthetic recipe uses it, the released model does not.
+        mask ranks low. "semantic_x_mask": the mean probability of SAM3's semantic map (where the
+        phrase is) over the instance's own mask, times the mean mask probability there - the
+        score head and the presence head are not used; for from-scratch models whose semantic
+        head (trained densely) knows the phrase better than the one-to-many score head. The
+        released model uses "query".
     presence_head: keep SAM3's presence head (the decoder's presence token -> MLP -> one logit
         per phrase: "is it in the image at all?") and multiply every instance score by its
         sigmoid, as SAM3 does. The release drops it (False); the from-scratch recipe keeps it.
+    mask_nms_iou: None (the release: no NMS) or an IoU in (0, 1): of two queries of one phrase
+        whose binarised masks overlap by more than this, the lower-scoring one gets score 0. For
+        models whose score head is trained one-to-many (`score_target: mask_iou`), where every
+        query with a good mask of an instance scores high, so duplicates must be removed.
     """
 
     model_type = "instructsam"
@@ -45,11 +53,17 @@ class InstructSamConfig(Qwen3VLConfig):
     score_threshold: float = 0.3
     instance_score: str = "query"
     presence_head: bool = False
+    mask_nms_iou: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.instance_score not in INSTANCE_SCORES:
             raise ValueError(f"instance_score must be one of {', '.join(INSTANCE_SCORES)}, got {self.instance_score!r}")
+        if self.mask_nms_iou is not None and not (
+            isinstance(self.mask_nms_iou, (int, float)) and not isinstance(self.mask_nms_iou, bool)
+            and 0.0 < self.mask_nms_iou < 1.0
+        ):
+            raise ValueError(f"mask_nms_iou must be null or a number in (0, 1), got {self.mask_nms_iou!r}")
         # SAM3's decoder holds exactly one learned reference box per instance query.
         decoder = self.sam3_config.detr_decoder_config
         decoder.num_queries = self.num_queries_per_phrase

@@ -65,6 +65,8 @@ def instance_scores(
     masks: torch.Tensor,
     rule: str = "query",
     presence_logits: torch.Tensor | None = None,
+    nms_iou: float | None = None,
+    semantic_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores [P, Q] in [0, 1] from score logits [P, Q], mask logits [P, Q, h, w] and, with SAM3's
     presence head, presence logits [P].
@@ -72,18 +74,53 @@ def instance_scores(
     "query": sigmoid(logits), the release. "query_x_mask": times the mean mask probability over
     the pixels the mask keeps (logit > 0), 0 for an empty mask - the score head alone cannot see
     how sure the mask is, and an empty mask is no instance at all. Presence logits multiply every
-    query of their phrase by sigmoid(presence), as in SAM3.
+    query of their phrase by sigmoid(presence), as in SAM3. "semantic_x_mask": the mean of
+    sigmoid(semantic logits [P, h, w]) over the mask's pixels times the mean mask probability
+    (score and presence logits unused). With `nms_iou`, a query whose
+    binarised mask overlaps a higher-scoring query of the same phrase by IoU > nms_iou scores 0
+    (greedy mask NMS; the release has none).
     """
     if rule not in INSTANCE_SCORES:
         raise UserError(f"unknown instance_score rule {rule!r} (choose from {', '.join(INSTANCE_SCORES)})")
-    scores = logits.float().sigmoid()
-    if rule == "query_x_mask":
+    if rule == "query":
+        scores = logits.float().sigmoid()
+    else:
         inside = (masks > 0).flatten(2).float()
-        mean_probability = (masks.flatten(2).float().sigmoid() * inside).sum(-1) / inside.sum(-1).clamp(min=1.0)
-        scores = scores * mean_probability.to(scores.device)
-    if presence_logits is not None:
+        count = inside.sum(-1).clamp(min=1.0)
+        mean_probability = (masks.flatten(2).float().sigmoid() * inside).sum(-1) / count
+        if rule == "query_x_mask":
+            scores = logits.float().sigmoid() * mean_probability.to(logits.device)
+        else:
+            if semantic_logits is None:
+                raise UserError("instance_score semantic_x_mask needs the detector's semantic logits")
+            semantic = semantic_logits.float().flatten(1).sigmoid().to(inside.device)[:, None, :]
+            scores = ((semantic * inside).sum(-1) / count * mean_probability).to(logits.device)
+    if presence_logits is not None and rule != "semantic_x_mask":
         scores = scores * presence_logits.float().sigmoid().to(scores.device)[:, None]
+    if nms_iou is not None:
+        scores = suppress_duplicates(scores, masks, nms_iou)
     return scores
+
+
+def suppress_duplicates(scores: torch.Tensor, masks: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy mask NMS per phrase: scores [P, Q], mask logits [P, Q, h, w] -> scores with every
+    query that overlaps a better-scoring *kept* query of its phrase (IoU of masks at logit > 0
+    above `iou_threshold`) set to 0. Ties keep the lower query index."""
+    binary = (masks.detach() > 0).flatten(2).float().to(scores.device)
+    intersection = binary @ binary.transpose(1, 2)
+    area = binary.sum(-1)
+    union = area[:, :, None] + area[:, None, :] - intersection
+    iou = intersection / union.clamp(min=1.0)
+    out = scores.clone()
+    for phrase in range(scores.shape[0]):
+        order = torch.argsort(scores[phrase], descending=True, stable=True).tolist()
+        kept: list[int] = []
+        for query in order:
+            if any(float(iou[phrase, query, k]) > iou_threshold for k in kept):
+                out[phrase, query] = 0.0
+            else:
+                kept.append(query)
+    return out
 
 
 class Predictor:
@@ -230,8 +267,9 @@ class Predictor:
     def scores(self, out: DetectorOutput) -> torch.Tensor:
         """Instance scores [P, Q] of a detector output under the model's `instance_score` rule."""
         presence = None if out.presence_logits is None else out.presence_logits.detach()
+        semantic = None if out.semantic_logits is None else out.semantic_logits.detach()
         return instance_scores(out.pred_logits.detach(), out.pred_masks.detach(), self.model.config.instance_score,
-                               presence)
+                               presence, getattr(self.model.config, "mask_nms_iou", None), semantic)
 
     def _instances(self, names, scores, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""

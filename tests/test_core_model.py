@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from instructsam_core import tokens as T
+from instructsam_core.configuration import InstructSamConfig
 from instructsam_core.errors import CheckpointError, UserError
 from instructsam_core.generation import generate_queries
 from instructsam_core.modeling import InstructSamForSegmentation
@@ -301,6 +302,63 @@ def test_presence_scales_every_query_of_its_phrase():
     scores = instance_scores(logits, masks, "query", presence)
     expected = torch.sigmoid(logits) * torch.tensor([[0.5], [0.75]])
     assert torch.allclose(scores, expected)
+
+
+def test_semantic_x_mask_scores_follow_the_hand_computed_means():
+    # One phrase, 2x2 grid. Query 0 keeps pixels (0,0) and (0,1), query 1 keeps (1,1), query 2
+    # nothing. Semantic probabilities 0.9, 0.5 / 0.2, 0.1 (row-major).
+    masks = torch.full((1, 3, 2, 2), -4.0)
+    masks[0, 0, 0] = torch.tensor([2.0, 1.0])
+    masks[0, 1, 1, 1] = 3.0
+    semantic = torch.logit(torch.tensor([[[0.9, 0.5], [0.2, 0.1]]]))
+    logits = torch.tensor([[-9.0, 9.0, 9.0]])  # ignored by this rule, as is presence
+    presence = torch.tensor([-9.0])
+    scores = instance_scores(logits, masks, "semantic_x_mask", presence, semantic_logits=semantic)
+    p = torch.sigmoid
+    expected = [(0.9 + 0.5) / 2 * float(p(torch.tensor(2.0)) + p(torch.tensor(1.0))) / 2,
+                0.1 * float(p(torch.tensor(3.0))), 0.0]
+    assert scores[0].tolist() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(UserError, match="semantic logits"):
+        instance_scores(logits, masks, "semantic_x_mask")
+
+
+def test_mask_nms_zeroes_duplicates_of_better_queries_only():
+    # Phrase 0: queries 0 and 1 cover the same 2x2 block (IoU 1), query 2 half of it (IoU 0.5),
+    # query 3 a disjoint block. Phrase 1: query 1 duplicates query 0 but phrase 0 must not
+    # influence it.
+    masks = torch.full((2, 4, 4, 4), -3.0)
+    masks[0, 0, :2, :2] = 2.0
+    masks[0, 1, :2, :2] = 2.0
+    masks[0, 2, :2, :1] = 2.0
+    masks[0, 3, 2:, 2:] = 2.0
+    masks[1, 0, :2, :2] = 2.0
+    masks[1, 1, :2, :2] = 2.0
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 0.0, 0.0]])
+    plain = instance_scores(logits, masks, "query")
+    strict = instance_scores(logits, masks, "query", nms_iou=0.4)
+    # Order in phrase 0: q2 (kept), q1 (IoU with q2 = 2/4 = 0.5 > 0.4: dropped), q0 (IoU with q2
+    # 0.5: dropped), q3 (disjoint: kept). A dropped query does not suppress anything itself.
+    assert strict[0].tolist() == pytest.approx([0.0, 0.0, float(plain[0, 2]), float(plain[0, 3])])
+    assert strict[1].tolist() == pytest.approx([float(plain[1, 0]), 0.0, float(plain[1, 2]), float(plain[1, 3])])
+    loose = instance_scores(logits, masks, "query", nms_iou=0.6)
+    # At 0.6 only the identical pair counts: q1 is kept (better than q0), q0 dropped, q2 kept.
+    assert loose[0].tolist() == pytest.approx([0.0, float(plain[0, 1]), float(plain[0, 2]), float(plain[0, 3])])
+    with pytest.raises(ValueError, match="mask_nms_iou"):
+        InstructSamConfig(mask_nms_iou=1.5)
+
+
+def test_predictor_applies_the_configs_mask_nms(tiny_model_dir):
+    model, processor = load(tiny_model_dir)
+    plain = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
+    model.config.mask_nms_iou = 0.5
+    deduplicated = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
+    kept = [i for i in deduplicated.instances if i.score > 0]
+    assert len(kept) < len(plain.instances)
+    for a in range(len(kept)):
+        for b in range(a + 1, len(kept)):
+            inter = np.logical_and(kept[a].mask, kept[b].mask).sum()
+            union = np.logical_or(kept[a].mask, kept[b].mask).sum()
+            assert union == 0 or inter / union <= 0.6  # NMS compares the logit grid, this the upsampled masks
 
 
 def test_presence_head_option_builds_saves_and_loads_sam3s_head(tmp_path):
