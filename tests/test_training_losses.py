@@ -263,3 +263,37 @@ def test_presence_term_by_hand():
     right = SetCriterion.presence_loss(torch.tensor([20.0, 20.0, -20.0]), targets)
     wrong = SetCriterion.presence_loss(torch.tensor([-20.0, -20.0, 20.0]), targets)
     assert right.item() < 1e-6 and wrong.item() > 19.0
+
+
+def test_mask_iou_score_targets_are_one_to_many():
+    # Two instances (columns 0-2 and 4-6 of 16x16). Queries 0 and 3 both cover instance 0
+    # exactly, query 5 covers instance 1 plus one extra column (IoU 3/4), query 7 covers two of
+    # instance 1's three columns (IoU 2/3), query 8 one of them (IoU 1/3): only >= 0.5 counts,
+    # whichever query the matcher picked. A no-target phrase gets all zeros.
+    gt = _disjoint_masks(2)
+    logits = torch.full((2, 10, 16, 16), -10.0)
+    for q in (0, 3):
+        logits[0, q] = gt[0] * 20.0 - 10.0
+    logits[0, 5, :, 4:8] = 10.0
+    logits[0, 7, :, 4:6] = 10.0
+    logits[0, 8, :, 4:5] = 10.0
+    logits[1, 2] = gt[0] * 20.0 - 10.0
+    targets = [gt, torch.zeros(0, 16, 16)]
+    criterion = SetCriterion(num_points=64, score_target="mask_iou")
+    match = criterion.matcher(logits, torch.zeros(2, 10), targets)
+    target = criterion.score_targets(logits, targets, match)
+    assert torch.nonzero(target[0]).flatten().tolist() == [0, 3, 5, 7]
+    assert target[1].sum().item() == 0.0
+
+
+def test_matcher_without_score_cost_follows_masks_only():
+    # Query 4 has the better mask, query 1 the far higher score: with the release's cost the
+    # score wins, with score cost 0 the mask does.
+    gt = _disjoint_masks(1)
+    logits = torch.full((10, 16, 16), -10.0)
+    logits[4] = gt[0] * 20.0 - 10.0
+    logits[1, :, 0:2] = 10.0  # two of the three columns
+    scores = torch.full((10,), -10.0)
+    scores[1] = 10.0
+    assert HungarianMatcher()(logits[None], scores[None], [gt]).query_indices[0].tolist() == [1]
+    assert HungarianMatcher(cost_score=0.0)(logits[None], scores[None], [gt]).query_indices[0].tolist() == [4]

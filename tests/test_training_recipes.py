@@ -61,3 +61,24 @@ def test_fingerprint_follows_content():
     assert a.fingerprint() == parse_recipe(BASE).fingerprint() != b.fingerprint()
     assert a["loss"]["weights"] == {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0,
                                     "box_l1": 0.0, "box_giou": 0.0, "semantic": 0.0, "presence": 0.0}
+
+
+def test_matcher_costs_are_recipe_keys():
+    recipe = parse_recipe({**BASE, "loss": {"matcher": {"score": 0.0}, "score_target": "mask_iou"}})
+    assert recipe["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 0.0}
+    assert parse_recipe(BASE)["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 1.0}
+    with pytest.raises(UserError, match="loss.matcher.score must be a non-negative number"):
+        parse_recipe({**BASE, "loss": {"matcher": {"score": -1}}})
+    with pytest.raises(UserError, match="needs a mask cost"):
+        parse_recipe({**BASE, "loss": {"matcher": {"dice": 0, "mask": 0}}})
+    with pytest.raises(UserError, match="unknown key 'box'"):
+        parse_recipe({**BASE, "loss": {"matcher": {"box": 1.0}}})
+    with pytest.raises(UserError, match="score_target"):
+        parse_recipe({**BASE, "loss": {"score_target": "iou"}})
+
+
+def test_fused_optimizer_is_a_checked_flag():
+    assert parse_recipe(BASE)["optimizer"]["fused"] is False
+    assert parse_recipe({**BASE, "optimizer": {"fused": True}})["optimizer"]["fused"] is True
+    with pytest.raises(UserError, match="optimizer.fused must be true or false"):
+        parse_recipe({**BASE, "optimizer": {"fused": "yes"}})

@@ -178,3 +178,39 @@ def test_presence_head_trains_only_when_the_model_has_one(data_root, tmp_path):
     final = load_file(str(run / "final" / "model.safetensors"))
     head = [k for k in final if ".detr_decoder.presence_head." in k]
     assert head and all(not torch.equal(start[k], final[k]) for k in head)
+
+
+def test_one_to_many_recipe_resumes_exactly_with_the_fused_optimizer(data_root, tmp_path):
+    # The learning check's options together: score-free matching, one-to-many score targets,
+    # the semantic term, mask NMS and semantic_x_mask scores in the model config, torch's fused
+    # AdamW - and a kill + resume must still land on the same weights.
+    recipe_path = _recipe_file(
+        tmp_path, schedule={"max_steps": 4, "warmup_ratio": 0.0}, checkpoint={"every_steps": 2, "keep": 1},
+        optimizer={"lr_groups": [{"name": "all", "pattern": "", "lr": 1.0e-3}], "fused": True},
+        model={"init": "scratch", "scratch": {},
+               "scratch_overrides": {"mask_nms_iou": 0.5, "instance_score": "semantic_x_mask"}},
+        loss={"num_points": 128, "score_target": "mask_iou", "matcher": {"score": 0.0},
+              "weights": {"semantic": 1.0}})
+    straight = tmp_path / "straight"
+    Trainer(load_recipe(recipe_path), data_root, straight, progress=False).run()
+    log = _log(straight)
+    assert all(e["semantic"] > 0.0 and np.isfinite(e["loss"]) for e in log)
+    config = json.loads((straight / "final" / "config.json").read_text())
+    assert config["mask_nms_iou"] == 0.5 and config["instance_score"] == "semantic_x_mask"
+
+    killed = tmp_path / "killed"
+    result = _cli("train", "--recipe", str(recipe_path), "--data-root", str(data_root), "--output", str(killed),
+                  "--quiet", "--kill-after-step", "3", check=False)
+    assert result.returncode == -signal.SIGKILL
+    Trainer(load_recipe(recipe_path), data_root, killed, resume=True, progress=False).run()
+    from safetensors.torch import load_file
+
+    wa = load_file(str(straight / "final" / "model.safetensors"))
+    wb = load_file(str(killed / "final" / "model.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+    from instructsam_core.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(straight / "final", threshold=0.0)
+    pred = predictor.predict(np.full((64, 80, 3), 200, dtype=np.uint8), "red circles", phrases=["red circles"])
+    assert all(0.0 <= inst.score <= 1.0 for inst in pred.instances)

@@ -21,6 +21,11 @@
   of each phrase and "the phrase has at least one instance". It trains the presence token to
   answer the image-level question the ten instance scores are bad at learning from scratch
   (their targets are mostly 0 for present phrases too); at inference it scales every score.
+- Score targets: "dice" (the release, above), "binary" (1 for matched queries) or "mask_iou":
+  one-to-many, 1 for every query whose mask (logit > 0) has IoU >= 0.5 with an instance of its
+  phrase, matched or not. With score-free matching several queries come to cover one instance;
+  a one-to-one target would call all but one of them wrong although their masks are right, and
+  the config's mask NMS keeps the best of them at inference.
 - Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
   box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
   already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
@@ -39,6 +44,9 @@ from instructsam_core.training.matcher import HungarianMatcher, MatchResult, res
 from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
 
 IGNORE_INDEX = -100
+SCORE_TARGETS = ("dice", "binary", "mask_iou")
+# A query "has found" an instance when its binarised mask overlaps it this much (AP50's rule).
+FOUND_IOU = 0.5
 
 
 @dataclass
@@ -69,6 +77,15 @@ def soft_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     numerator = 2.0 * (probs * targets).sum(-1)
     denominator = (probs.sum(-1) + targets.sum(-1)).clamp_min(1e-6)
     return numerator / denominator
+
+
+def binary_mask_iou(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of every bool mask [Q, h, w] with every bool mask [G, h, w] -> [Q, G] (0 where both are empty)."""
+    p = predictions.flatten(1).float()
+    t = targets.flatten(1).float().to(p.device)
+    intersection = p @ t.T
+    union = p.sum(-1)[:, None] + t.sum(-1)[None, :] - intersection
+    return intersection / union.clamp(min=1.0)
 
 
 def text_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,10 +126,12 @@ class SetCriterion:
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.min_score_target = min_score_target
-        if score_target not in ("dice", "binary"):
-            raise ValueError(f"score_target must be 'dice' or 'binary', got {score_target!r}")
+        if score_target not in SCORE_TARGETS:
+            raise ValueError(f"score_target must be one of {', '.join(SCORE_TARGETS)}, got {score_target!r}")
         # "dice" (the release): a matched query's target is its mask quality. "binary": 1, which
         # separates present from absent phrases faster for a small model trained from scratch.
+        # "mask_iou": one-to-many - every query whose mask is a good mask of some instance (IoU >=
+        # 0.5), matched or not; its duplicates are removed at inference by mask NMS.
         self.score_target = score_target
         self.matcher = matcher or HungarianMatcher()
         # Targets live on the logit grid and are binary. Reading both grids with "nearest" keeps
@@ -194,9 +213,18 @@ class SetCriterion:
 
     def score_targets(self, mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
         """[P, Q] targets: matched queries get max(soft Dice of their mask, 0.1) (or 1 with
-        score_target "binary"); the rest 0."""
+        score_target "binary"); the rest 0. With "mask_iou": 1 for every query whose mask
+        (logit > 0) has IoU >= 0.5 with some instance of its phrase, else 0 - matching aside."""
         score_target = torch.zeros(mask_logits.shape[:2], device=mask_logits.device)
         size = tuple(mask_logits.shape[-2:])
+        if self.score_target == "mask_iou":
+            with torch.no_grad():
+                for phrase, phrase_targets in enumerate(targets):
+                    if phrase_targets.shape[0] == 0:
+                        continue
+                    iou = binary_mask_iou(mask_logits[phrase] > 0, resize_targets(phrase_targets, size) > 0.5)
+                    score_target[phrase] = (iou.amax(dim=1) >= FOUND_IOU).float()
+            return score_target
         with torch.no_grad():
             for phrase, (queries, instances) in enumerate(zip(match.query_indices, match.target_indices)):
                 if queries.numel() == 0:

@@ -7,7 +7,9 @@ prediction), per phrase, on the model's mask-logit grid (288x288 at full size):
     cost[q, g] = 0.5 * dice(q, g) + 2.0 * mean_pixel_bce(q, g) + 1.0 * softplus(-score_logit[q])
 
 The score term is the BCE of the query's score against "this query is an object"
-(-log sigmoid(x) = softplus(-x)), so confident queries are cheaper to match.
+(-log sigmoid(x) = softplus(-x)), so confident queries are cheaper to match. The weights are
+recipe keys (`loss.matcher`); a model trained from scratch matches on the masks alone (score
+weight 0), because the unbounded score term lets one early-confident query take every instance.
 """
 from __future__ import annotations
 

@@ -27,6 +27,8 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       weight_decay: 0.0
       betas: [0.9, 0.999]
       max_grad_norm: 1.0                 # null = no clipping
+      fused: false                       # torch's fused AdamW kernel (same update, one kernel for all
+                                         #   tensors: much faster for models of many small tensors)
     schedule: {epochs: 1, max_steps: null, warmup_ratio: 0.03, kind: cosine|constant}
     batch: {per_device: 1, grad_accum: 1}
     precision: auto | bf16 | fp16 | fp32   # auto = bf16 on GPUs that support it, else fp32
@@ -35,7 +37,9 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
     cpu_processes: 1                     # >1: without a GPU, `instructsam train` starts this many
                                          #     local DDP (gloo) processes itself (as torchrun would)
     deepspeed: null | FILE               # a DeepSpeed config (ZeRO-1 in training/)
-    loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75, score_target: dice,
+    loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75,
+           score_target: dice,                # or binary, or mask_iou (one-to-many; criterion.py)
+           matcher: {dice: 0.5, mask: 2.0, score: 1.0},   # Hungarian cost weights (matcher.py)
            weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0,
                      semantic: 0.0, presence: 0.0}}   # box_*, semantic, presence: from-scratch aids,
                                                       # 0 in the release (criterion.py)
@@ -68,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
         "betas": [0.9, 0.999],
         "max_grad_norm": 1.0,
+        "fused": False,
     },
     "schedule": {"epochs": 1, "max_steps": None, "warmup_ratio": 0.03, "kind": "cosine"},
     "batch": {"per_device": 1, "grad_accum": 1},
@@ -81,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         "oversample_ratio": 3.0,
         "importance_sample_ratio": 0.75,
         "score_target": "dice",
+        "matcher": {"dice": 0.5, "mask": 2.0, "score": 1.0},
         "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0,
                     "semantic": 0.0, "presence": 0.0},
     },
@@ -202,6 +208,8 @@ def validate(values: dict[str, Any]) -> None:
     if not (isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
         raise UserError("recipe: optimizer.betas must be two numbers in [0, 1)")
     _positive(optimizer["max_grad_norm"], "optimizer.max_grad_norm", allow_none=True)
+    if not isinstance(optimizer["fused"], bool):
+        raise UserError("recipe: optimizer.fused must be true or false")
     schedule = values["schedule"]
     _positive(schedule["epochs"], "schedule.epochs")
     _positive(schedule["max_steps"], "schedule.max_steps", integer=True, allow_none=True)
@@ -218,8 +226,13 @@ def validate(values: dict[str, Any]) -> None:
     loss = values["loss"]
     _positive(loss["num_points"], "loss.num_points", integer=True)
     _positive(loss["oversample_ratio"], "loss.oversample_ratio")
-    if loss["score_target"] not in ("dice", "binary"):
-        raise UserError("recipe: loss.score_target must be 'dice' (the release) or 'binary'")
+    if loss["score_target"] not in ("dice", "binary", "mask_iou"):
+        raise UserError("recipe: loss.score_target must be 'dice' (the release), 'binary' or 'mask_iou'")
+    for key, cost in loss["matcher"].items():
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
+            raise UserError(f"recipe: loss.matcher.{key} must be a non-negative number")
+    if not (loss["matcher"]["dice"] or loss["matcher"]["mask"]):
+        raise UserError("recipe: loss.matcher needs a mask cost (dice or mask above 0)")
     if not 0 <= loss["importance_sample_ratio"] <= 1:
         raise UserError("recipe: loss.importance_sample_ratio must be in [0, 1]")
     weights = _merge(DEFAULTS["loss"]["weights"], loss["weights"], "recipe.loss.weights")

@@ -31,6 +31,7 @@ from instructsam_core.training import model_setup
 from instructsam_core.training.checkpoint import STATE_FILE, CheckpointManager
 from instructsam_core.training.criterion import LossWeights, SetCriterion
 from instructsam_core.training.dataset import InstructSegDataset, TrainingCollator
+from instructsam_core.training.matcher import HungarianMatcher
 from instructsam_core.training.mixture import build_mixture, load_mixture_file, parse_mixture
 from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
@@ -178,7 +179,9 @@ class Trainer:
                 model.enable_input_require_grads()
         groups, group_names = model_setup.parameter_groups(model, recipe["optimizer"]["lr_groups"],
                                                            recipe["optimizer"]["weight_decay"])
-        optimizer = torch.optim.AdamW(groups, betas=tuple(recipe["optimizer"]["betas"]))
+        # fused=None leaves torch's default (a per-tensor loop on CPU); True is one kernel per step.
+        optimizer = torch.optim.AdamW(groups, betas=tuple(recipe["optimizer"]["betas"]),
+                                      fused=True if recipe["optimizer"]["fused"] else None)
 
         dataset = self._data(mask_size, accelerator)
         batch = recipe["batch"]
@@ -212,6 +215,9 @@ class Trainer:
             oversample_ratio=recipe["loss"]["oversample_ratio"],
             importance_sample_ratio=recipe["loss"]["importance_sample_ratio"],
             score_target=recipe["loss"]["score_target"],
+            matcher=HungarianMatcher(cost_dice=recipe["loss"]["matcher"]["dice"],
+                                     cost_mask=recipe["loss"]["matcher"]["mask"],
+                                     cost_score=recipe["loss"]["matcher"]["score"]),
         )
         sampler = StepBatchSampler(len(dataset), recipe["seed"], batch["per_device"], batch["grad_accum"], world, rank,
                                    total_steps, start_step)
