@@ -31,10 +31,11 @@ class InstructSamConfig(Qwen3VLConfig):
     presence_head: keep SAM3's presence head (the decoder's presence token -> MLP -> one logit
         per phrase: "is it in the image at all?") and multiply every instance score by its
         sigmoid, as SAM3 does. The release drops it (False); the from-scratch recipe keeps it.
-    mask_nms_iou: None (the release: no NMS) or an IoU in (0, 1): of two queries of one phrase
-        whose binarised masks overlap by more than this, the lower-scoring one gets score 0. For
-        models whose score head is trained one-to-many (`score_target: mask_iou`), where every
-        query with a good mask of an instance scores high, so duplicates must be removed.
+    mask_nms_overlap: None (the release: no NMS) or a share in (0, 1): a query gets score 0 when
+        more than this share of its binarised mask lies inside the mask of a better-scoring kept
+        query of the same phrase (greedy NMS on containment, which is never below the IoU, so
+        duplicates and fragments both go). For models whose score head is trained one-to-many
+        (`score_target: mask_iou`), where several queries of one instance score high.
     """
 
     model_type = "instructsam"
@@ -53,17 +54,17 @@ class InstructSamConfig(Qwen3VLConfig):
     score_threshold: float = 0.3
     instance_score: str = "query"
     presence_head: bool = False
-    mask_nms_iou: float | None = None
+    mask_nms_overlap: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.instance_score not in INSTANCE_SCORES:
             raise ValueError(f"instance_score must be one of {', '.join(INSTANCE_SCORES)}, got {self.instance_score!r}")
-        if self.mask_nms_iou is not None and not (
-            isinstance(self.mask_nms_iou, (int, float)) and not isinstance(self.mask_nms_iou, bool)
-            and 0.0 < self.mask_nms_iou < 1.0
+        if self.mask_nms_overlap is not None and not (
+            isinstance(self.mask_nms_overlap, (int, float)) and not isinstance(self.mask_nms_overlap, bool)
+            and 0.0 < self.mask_nms_overlap < 1.0
         ):
-            raise ValueError(f"mask_nms_iou must be null or a number in (0, 1), got {self.mask_nms_iou!r}")
+            raise ValueError(f"mask_nms_overlap must be null or a number in (0, 1), got {self.mask_nms_overlap!r}")
         # SAM3's decoder holds exactly one learned reference box per instance query.
         decoder = self.sam3_config.detr_decoder_config
         decoder.num_queries = self.num_queries_per_phrase

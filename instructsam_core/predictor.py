@@ -65,7 +65,7 @@ def instance_scores(
     masks: torch.Tensor,
     rule: str = "query",
     presence_logits: torch.Tensor | None = None,
-    nms_iou: float | None = None,
+    nms_overlap: float | None = None,
     semantic_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores [P, Q] in [0, 1] from score logits [P, Q], mask logits [P, Q, h, w] and, with SAM3's
@@ -76,9 +76,9 @@ def instance_scores(
     how sure the mask is, and an empty mask is no instance at all. Presence logits multiply every
     query of their phrase by sigmoid(presence), as in SAM3. "semantic_x_mask": the mean of
     sigmoid(semantic logits [P, h, w]) over the mask's pixels times the mean mask probability
-    (score and presence logits unused). With `nms_iou`, a query whose
-    binarised mask overlaps a higher-scoring query of the same phrase by IoU > nms_iou scores 0
-    (greedy mask NMS; the release has none).
+    (score and presence logits unused). With `nms_overlap`, a query scores 0 when more than that
+    share of its binarised mask lies inside a better-scoring kept query's mask of the same
+    phrase (greedy mask NMS, `suppress_duplicates`; the release has none).
     """
     if rule not in INSTANCE_SCORES:
         raise UserError(f"unknown instance_score rule {rule!r} (choose from {', '.join(INSTANCE_SCORES)})")
@@ -97,26 +97,27 @@ def instance_scores(
             scores = ((semantic * inside).sum(-1) / count * mean_probability).to(logits.device)
     if presence_logits is not None and rule != "semantic_x_mask":
         scores = scores * presence_logits.float().sigmoid().to(scores.device)[:, None]
-    if nms_iou is not None:
-        scores = suppress_duplicates(scores, masks, nms_iou)
+    if nms_overlap is not None:
+        scores = suppress_duplicates(scores, masks, nms_overlap)
     return scores
 
 
-def suppress_duplicates(scores: torch.Tensor, masks: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def suppress_duplicates(scores: torch.Tensor, masks: torch.Tensor, overlap: float) -> torch.Tensor:
     """Greedy mask NMS per phrase: scores [P, Q], mask logits [P, Q, h, w] -> scores with every
-    query that overlaps a better-scoring *kept* query of its phrase (IoU of masks at logit > 0
-    above `iou_threshold`) set to 0. Ties keep the lower query index."""
+    query set to 0 when more than `overlap` of its mask (logit > 0) lies inside the mask of a
+    better-scoring *kept* query of its phrase. Containment, not IoU: a fragment inside a whole
+    instance has a small IoU with it but is no instance of its own (and containment >= IoU, so
+    duplicates go too). Ties keep the lower query index; an empty mask suppresses nothing."""
     binary = (masks.detach() > 0).flatten(2).float().to(scores.device)
     intersection = binary @ binary.transpose(1, 2)
-    area = binary.sum(-1)
-    union = area[:, :, None] + area[:, None, :] - intersection
-    iou = intersection / union.clamp(min=1.0)
+    # inside[p, a, b]: share of query a's mask that lies inside query b's mask.
+    inside = intersection / binary.sum(-1)[:, :, None].clamp(min=1.0)
     out = scores.clone()
     for phrase in range(scores.shape[0]):
         order = torch.argsort(scores[phrase], descending=True, stable=True).tolist()
         kept: list[int] = []
         for query in order:
-            if any(float(iou[phrase, query, k]) > iou_threshold for k in kept):
+            if any(float(inside[phrase, query, k]) > overlap for k in kept):
                 out[phrase, query] = 0.0
             else:
                 kept.append(query)
@@ -269,7 +270,7 @@ class Predictor:
         presence = None if out.presence_logits is None else out.presence_logits.detach()
         semantic = None if out.semantic_logits is None else out.semantic_logits.detach()
         return instance_scores(out.pred_logits.detach(), out.pred_masks.detach(), self.model.config.instance_score,
-                               presence, getattr(self.model.config, "mask_nms_iou", None), semantic)
+                               presence, getattr(self.model.config, "mask_nms_overlap", None), semantic)
 
     def _instances(self, names, scores, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""

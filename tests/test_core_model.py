@@ -322,43 +322,47 @@ def test_semantic_x_mask_scores_follow_the_hand_computed_means():
         instance_scores(logits, masks, "semantic_x_mask")
 
 
-def test_mask_nms_zeroes_duplicates_of_better_queries_only():
-    # Phrase 0: queries 0 and 1 cover the same 2x2 block (IoU 1), query 2 half of it (IoU 0.5),
-    # query 3 a disjoint block. Phrase 1: query 1 duplicates query 0 but phrase 0 must not
-    # influence it.
-    masks = torch.full((2, 4, 4, 4), -3.0)
+def test_mask_nms_zeroes_duplicates_and_fragments_of_better_queries_only():
+    # Phrase 0: queries 0 and 1 cover the same 2x2 block, query 2 its left column (2 pixels),
+    # query 3 a disjoint block. Phrase 1: query 1 repeats query 0, and phrase 0 must not
+    # influence it. Phrase 2: query 1 is a 2-pixel fragment inside query 0's 4x4 mask (IoU 1/8).
+    masks = torch.full((3, 4, 4, 4), -3.0)
     masks[0, 0, :2, :2] = 2.0
     masks[0, 1, :2, :2] = 2.0
     masks[0, 2, :2, :1] = 2.0
     masks[0, 3, 2:, 2:] = 2.0
     masks[1, 0, :2, :2] = 2.0
     masks[1, 1, :2, :2] = 2.0
-    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 0.0, 0.0]])
+    masks[2, 0] = 2.0
+    masks[2, 1, 0, :2] = 2.0
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 0.0, 0.0], [1.0, 0.0, -9.0, -9.0]])
     plain = instance_scores(logits, masks, "query")
-    strict = instance_scores(logits, masks, "query", nms_iou=0.4)
-    # Order in phrase 0: q2 (kept), q1 (IoU with q2 = 2/4 = 0.5 > 0.4: dropped), q0 (IoU with q2
-    # 0.5: dropped), q3 (disjoint: kept). A dropped query does not suppress anything itself.
+    strict = instance_scores(logits, masks, "query", nms_overlap=0.4)
+    # Phrase 0 in score order: q2 kept; q1 has 2 of 4 pixels inside q2 (0.5 > 0.4): dropped; q0
+    # likewise (a dropped query suppresses nothing); q3 is disjoint: kept.
     assert strict[0].tolist() == pytest.approx([0.0, 0.0, float(plain[0, 2]), float(plain[0, 3])])
     assert strict[1].tolist() == pytest.approx([float(plain[1, 0]), 0.0, float(plain[1, 2]), float(plain[1, 3])])
-    loose = instance_scores(logits, masks, "query", nms_iou=0.6)
-    # At 0.6 only the identical pair counts: q1 is kept (better than q0), q0 dropped, q2 kept.
+    # The fragment lies wholly inside the better mask: dropped although its IoU is 1/8. The
+    # empty masks of q2 and q3 lie inside nothing and are kept.
+    assert strict[2].tolist() == pytest.approx([float(plain[2, 0]), 0.0, float(plain[2, 2]), float(plain[2, 3])])
+    loose = instance_scores(logits, masks, "query", nms_overlap=0.6)
+    # At 0.6 q1 stays (half inside q2), and q0, wholly inside q1, goes.
     assert loose[0].tolist() == pytest.approx([0.0, float(plain[0, 1]), float(plain[0, 2]), float(plain[0, 3])])
-    with pytest.raises(ValueError, match="mask_nms_iou"):
-        InstructSamConfig(mask_nms_iou=1.5)
+    with pytest.raises(ValueError, match="mask_nms_overlap"):
+        InstructSamConfig(mask_nms_overlap=1.5)
 
 
 def test_predictor_applies_the_configs_mask_nms(tiny_model_dir):
     model, processor = load(tiny_model_dir)
     plain = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
-    model.config.mask_nms_iou = 0.5
+    model.config.mask_nms_overlap = 0.5
     deduplicated = Predictor(model, processor, threshold=0.0).predict(image(), "stars")
-    kept = [i for i in deduplicated.instances if i.score > 0]
-    assert len(kept) < len(plain.instances)
-    for a in range(len(kept)):
-        for b in range(a + 1, len(kept)):
-            inter = np.logical_and(kept[a].mask, kept[b].mask).sum()
-            union = np.logical_or(kept[a].mask, kept[b].mask).sum()
-            assert union == 0 or inter / union <= 0.6  # NMS compares the logit grid, this the upsampled masks
+    kept = [i for i in deduplicated.instances if i.score > 0]  # sorted by score, best first
+    assert 0 < len(kept) < len(plain.instances)
+    for later in range(1, len(kept)):
+        for better in range(later):
+            inside = np.logical_and(kept[later].mask, kept[better].mask).sum() / max(1, kept[later].mask.sum())
+            assert inside <= 0.6  # NMS compares the logit grid, this the upsampled masks
 
 
 def test_presence_head_option_builds_saves_and_loads_sam3s_head(tmp_path):

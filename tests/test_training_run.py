@@ -188,7 +188,7 @@ def test_one_to_many_recipe_resumes_exactly_with_the_fused_optimizer(data_root, 
         tmp_path, schedule={"max_steps": 4, "warmup_ratio": 0.0}, checkpoint={"every_steps": 2, "keep": 1},
         optimizer={"lr_groups": [{"name": "all", "pattern": "", "lr": 1.0e-3}], "fused": True},
         model={"init": "scratch", "scratch": {},
-               "scratch_overrides": {"mask_nms_iou": 0.5, "instance_score": "semantic_x_mask"}},
+               "scratch_overrides": {"mask_nms_overlap": 0.5, "instance_score": "semantic_x_mask"}},
         loss={"num_points": 128, "score_target": "mask_iou", "matcher": {"score": 0.0},
               "weights": {"semantic": 1.0}})
     straight = tmp_path / "straight"
@@ -196,7 +196,7 @@ def test_one_to_many_recipe_resumes_exactly_with_the_fused_optimizer(data_root, 
     log = _log(straight)
     assert all(e["semantic"] > 0.0 and np.isfinite(e["loss"]) for e in log)
     config = json.loads((straight / "final" / "config.json").read_text())
-    assert config["mask_nms_iou"] == 0.5 and config["instance_score"] == "semantic_x_mask"
+    assert config["mask_nms_overlap"] == 0.5 and config["instance_score"] == "semantic_x_mask"
 
     killed = tmp_path / "killed"
     result = _cli("train", "--recipe", str(recipe_path), "--data-root", str(data_root), "--output", str(killed),
