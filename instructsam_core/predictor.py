@@ -111,13 +111,14 @@ def suppress_duplicates(scores: torch.Tensor, masks: torch.Tensor, overlap: floa
     binary = (masks.detach() > 0).flatten(2).float().to(scores.device)
     intersection = binary @ binary.transpose(1, 2)
     # inside[p, a, b]: share of query a's mask that lies inside query b's mask.
-    inside = intersection / binary.sum(-1)[:, :, None].clamp(min=1.0)
+    # One conversion to Python lists: the greedy loop below runs per frame in the ROS node.
+    inside = (intersection / binary.sum(-1)[:, :, None].clamp(min=1.0)).tolist()
+    orders = torch.argsort(scores, dim=1, descending=True, stable=True).tolist()
     out = scores.clone()
-    for phrase in range(scores.shape[0]):
-        order = torch.argsort(scores[phrase], descending=True, stable=True).tolist()
+    for phrase, order in enumerate(orders):
         kept: list[int] = []
         for query in order:
-            if any(float(inside[phrase, query, k]) > overlap for k in kept):
+            if any(inside[phrase][query][k] > overlap for k in kept):
                 out[phrase, query] = 0.0
             else:
                 kept.append(query)
@@ -270,7 +271,7 @@ class Predictor:
         presence = None if out.presence_logits is None else out.presence_logits.detach()
         semantic = None if out.semantic_logits is None else out.semantic_logits.detach()
         return instance_scores(out.pred_logits.detach(), out.pred_masks.detach(), self.model.config.instance_score,
-                               presence, getattr(self.model.config, "mask_nms_overlap", None), semantic)
+                               presence, self.model.config.mask_nms_overlap, semantic)
 
     def _instances(self, names, scores, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""

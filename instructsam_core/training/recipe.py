@@ -59,6 +59,7 @@ from typing import Any
 import yaml
 
 from instructsam_core.errors import UserError
+from instructsam_core.training.criterion import SCORE_TARGETS
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
@@ -226,8 +227,8 @@ def validate(values: dict[str, Any]) -> None:
     loss = values["loss"]
     _positive(loss["num_points"], "loss.num_points", integer=True)
     _positive(loss["oversample_ratio"], "loss.oversample_ratio")
-    if loss["score_target"] not in ("dice", "binary", "mask_iou"):
-        raise UserError("recipe: loss.score_target must be 'dice' (the release), 'binary' or 'mask_iou'")
+    if loss["score_target"] not in SCORE_TARGETS:
+        raise UserError(f"recipe: loss.score_target must be one of {', '.join(SCORE_TARGETS)} (dice: the release)")
     for key, cost in loss["matcher"].items():
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
             raise UserError(f"recipe: loss.matcher.{key} must be a non-negative number")
