@@ -11,7 +11,7 @@ from instructsam_core.training.criterion import (
     soft_dice,
     text_cross_entropy,
 )
-from instructsam_core.training.matcher import HungarianMatcher, pairwise_bce_cost, pairwise_dice_cost
+from instructsam_core.training.matcher import HungarianMatcher, MatchResult, pairwise_bce_cost, pairwise_dice_cost
 from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
 
 
@@ -297,3 +297,37 @@ def test_matcher_without_score_cost_follows_masks_only():
     scores[1] = 10.0
     assert HungarianMatcher()(logits[None], scores[None], [gt]).query_indices[0].tolist() == [1]
     assert HungarianMatcher(cost_score=0.0)(logits[None], scores[None], [gt]).query_indices[0].tolist() == [4]
+
+
+def test_outside_term_by_hand():
+    # 2x2 grid. Phrase 0: one instance on pixel (0, 0), query 0 matched to it; phrase 1: no target.
+    target = torch.zeros(1, 2, 2)
+    target[0, 0, 0] = 1.0
+    targets = [target, torch.zeros(0, 2, 2)]
+    match = MatchResult([torch.tensor([0]), torch.tensor([], dtype=torch.long)],
+                        [torch.tensor([0]), torch.tensor([], dtype=torch.long)])
+    logits = torch.full((2, 3, 2, 2), -40.0)
+    logits[0, 0] = 40.0  # the matched query covers everything: not this term's business
+    logits[0, 1] = 0.0  # unmatched, p = 0.5 on the 3 outside pixels: ln 2 each
+    logits[0, 2, 0, 0] = 40.0  # unmatched but only on the phrase's instance: ~0
+    logits[1, 0, 1, 1] = math.log(math.e - 1.0)  # no target: every pixel is outside; softplus = 1
+    # Unmatched queries: (0, 1) ln 2; (0, 2) 0; (1, 0) 1/4; (1, 1) 0; (1, 2) 0 -> mean over 5.
+    expected = (math.log(2) + 0.25) / 5
+    assert math.isclose(SetCriterion.outside_loss(logits, targets, match).item(), expected, rel_tol=1e-5)
+    # Masks off every pixel outside their phrase's instances: ~0.
+    logits[0, 1] = -40.0
+    logits[1, 0, 1, 1] = -40.0
+    assert SetCriterion.outside_loss(logits, targets, match).item() < 1e-12
+    # Enters the total only with a weight; there the matcher picks query 0, the only one whose
+    # mask is the instance (query 2 is empty), so the outside term is query 1's ln 2 over 5.
+    scores = torch.zeros(2, 3)
+    logits[0, 0] = -40.0
+    logits[0, 0, 0, 0] = 40.0
+    logits[0, 2] = -40.0
+    logits[0, 1] = 0.0
+    plain = SetCriterion(num_points=4)(logits, scores, targets, generator=torch.Generator().manual_seed(0))
+    weighted = SetCriterion(num_points=4, weights=LossWeights(outside=3.0))(
+        logits, scores, targets, generator=torch.Generator().manual_seed(0))
+    assert plain["outside"].item() == 0.0
+    assert math.isclose(weighted["outside"].item(), math.log(2) / 5, rel_tol=1e-4)
+    assert math.isclose((weighted["loss"] - plain["loss"]).item(), 3.0 * math.log(2) / 5, rel_tol=1e-4)

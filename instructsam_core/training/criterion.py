@@ -26,6 +26,13 @@
   phrase, matched or not. With score-free matching several queries come to cover one instance;
   a one-to-one target would call all but one of them wrong although their masks are right, and
   the config's mask NMS keeps the best of them at inference.
+- Optional outside term (weight 0 in the release): for every query the matching left without an
+  instance, BCE towards 0 on the pixels that belong to no instance of its phrase (for a
+  no-target phrase: every pixel), averaged over those pixels and queries. The release says
+  nothing to an unmatched query's mask; from scratch that leaves the one conditioning that
+  multiplies phrase and pixel features - a query's mask is the dot product of the two - without
+  any signal about what the phrase excludes, and a "circles" query keeps a square's mask. The
+  semantic head, whose phrase conditioning is additive, learned colour but never shape.
 - Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
   box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
   already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
@@ -61,6 +68,7 @@ class LossWeights:
     box_giou: float = 0.0
     semantic: float = 0.0
     presence: float = 0.0
+    outside: float = 0.0
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -206,6 +214,32 @@ class SetCriterion:
         return (bce + dice_loss(logits, union)).mean()
 
     @staticmethod
+    def outside_loss(mask_logits: torch.Tensor, targets: list[torch.Tensor], match: MatchResult) -> torch.Tensor:
+        """Mean over unmatched queries of the mean BCE towards 0 of their mask logits [P, Q, h, w] on
+        the pixels outside every instance of their phrase (all pixels for a no-target phrase)."""
+        size = tuple(mask_logits.shape[-2:])
+        total, count = mask_logits.new_zeros(()), 0
+        for phrase, phrase_targets in enumerate(targets):
+            unmatched = torch.ones(mask_logits.shape[1], dtype=torch.bool, device=mask_logits.device)
+            unmatched[match.query_indices[phrase].to(mask_logits.device)] = False
+            if not bool(unmatched.any()):
+                continue
+            if phrase_targets.shape[0]:
+                outside = resize_targets(phrase_targets, size).amax(dim=0).to(mask_logits.device) < 0.5
+            else:
+                outside = torch.ones(size, dtype=torch.bool, device=mask_logits.device)
+            pixels = int(outside.sum())
+            if pixels == 0:
+                continue
+            logits = mask_logits[phrase, unmatched].float()[:, outside]  # [U, pixels]
+            # BCE(x, 0) = softplus(x); each query weighs the same whatever the outside area.
+            total = total + F.softplus(logits).mean(-1).sum()
+            count += logits.shape[0]
+        if count == 0:
+            return mask_logits.sum() * 0.0  # keeps the graph connected (DDP needs every grad)
+        return total / count
+
+    @staticmethod
     def presence_loss(presence_logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """Mean BCE between presence logits [P] and whether each phrase has any instance."""
         present = torch.tensor([float(t.shape[0] > 0) for t in targets], device=presence_logits.device)
@@ -251,7 +285,7 @@ class SetCriterion:
         presence_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic",
-        "presence"}: the unweighted terms and the weighted total.
+        "presence", "outside"}: the unweighted terms and the weighted total.
 
         `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
         be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
@@ -284,5 +318,10 @@ class SetCriterion:
         if presence_logits is not None:
             presence = self.presence_loss(presence_logits, targets)
             total = total + w.presence * presence
+        outside = score.new_zeros(())
+        if w.outside:
+            outside = self.outside_loss(mask_logits, targets, match)
+            total = total + w.outside * outside
         return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
-                "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic, "presence": presence}
+                "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic, "presence": presence,
+                "outside": outside}

@@ -37,7 +37,7 @@ from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence")
+LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside")
 LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
                     "sam_pixel_values")
@@ -205,6 +205,7 @@ class Trainer:
         weights = LossWeights(**recipe["loss"]["weights"])
         self._uses_boxes = bool(weights.box_l1 or weights.box_giou)
         self._uses_semantic = bool(weights.semantic)
+        self._uses_outside = bool(weights.outside)
         self._uses_presence = has_presence_head
         if weights.presence and not self._uses_presence:
             raise UserError("recipe: loss.weights.presence needs a model with SAM3's presence head "
@@ -309,7 +310,8 @@ class Trainer:
                 if bar is not None:
                     hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
                               or (k == "semantic" and not self._uses_semantic)
-                              or (k == "presence" and not self._uses_presence)}
+                              or (k == "presence" and not self._uses_presence)
+                              or (k == "outside" and not self._uses_outside)}
                     shown = {k: v for k, v in last.items() if k not in hidden}
                     bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
             if bar is not None:
