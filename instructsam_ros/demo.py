@@ -50,10 +50,12 @@ def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, lis
 
 
 def default_instructions(shapes: list[str], colors: list[str]) -> list[str]:
-    """A category phrase (single-forward path) then a reasoning question (generation path)."""
+    """A category phrase (single-forward path) then a reasoning question (generation path), the
+    question in the Inst2Seg wording the embedded default model was trained on: without the
+    suffix it named the wrong shape for some questions ("warning sign" -> rings)."""
     from instructsam_core import synth
 
-    return [synth.PLURAL[shapes[0]], synth.SHAPE_REASONS[shapes[-1]][0]]
+    return [synth.PLURAL[shapes[0]], synth.SHAPE_REASONS[shapes[-1]][0] + synth.INST2SEG_PROMPT_SUFFIX]
 
 
 def run_camera(args: argparse.Namespace) -> int:
