@@ -293,16 +293,20 @@ class SetCriterion:
         [P, h, w] (optional; semantic term 0 without them), `presence_logits` [P] (optional; always
         part of the total when given, even at weight 0, so that DDP sees the head used).
         """
-        match = self.matcher(mask_logits, score_logits, targets)
-        mask_bce, mask_dice = self.mask_losses(mask_logits, targets, match, generator)
-        score_target = self.score_targets(mask_logits, targets, match)
+        size = tuple(mask_logits.shape[-2:])
+        # The matcher and every set term read the targets on the mask-logit grid: resize them once
+        # per step (resize_targets returns a tensor already at that size as it is).
+        grid_targets = [resize_targets(t, size) for t in targets]
+        match = self.matcher(mask_logits, score_logits, grid_targets)
+        mask_bce, mask_dice = self.mask_losses(mask_logits, grid_targets, match, generator)
+        score_target = self.score_targets(mask_logits, grid_targets, match)
         score = F.binary_cross_entropy_with_logits(score_logits.float(), score_target)
         if text_logits is not None and labels is not None:
             text = text_cross_entropy(text_logits, labels)
         else:
             text = score.new_zeros(())
         if pred_boxes is not None:
-            box_l1, box_giou = self.box_losses(pred_boxes, tuple(mask_logits.shape[-2:]), targets, match)
+            box_l1, box_giou = self.box_losses(pred_boxes, size, grid_targets, match)
         else:
             box_l1, box_giou = score.new_zeros(()), score.new_zeros(())
         w = self.weights
@@ -320,7 +324,7 @@ class SetCriterion:
             total = total + w.presence * presence
         outside = score.new_zeros(())
         if w.outside:
-            outside = self.outside_loss(mask_logits, targets, match)
+            outside = self.outside_loss(mask_logits, grid_targets, match)
             total = total + w.outside * outside
         return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
                 "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic, "presence": presence,
