@@ -74,5 +74,5 @@ def test_default_model_returns_every_instance_of_a_colour(predictor, scenes_and_
                 total += 1
                 found += any(mask_iou(inst.mask, truth) >= 0.5 for inst in prediction.instances)
     assert total >= 6
-    # Measured: 18 of 26 (the model before: 19; the one before that, one instance per phrase: 8).
+    # Measured: 18 of 26 (the two models before: 18 and 19; one with one instance per phrase: 8).
     assert found >= 0.6 * total, f"{found} of {total} instances found"
