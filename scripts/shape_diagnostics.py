@@ -59,14 +59,23 @@ def box_mean(grid: torch.Tensor, box: list[int], height: int, width: int) -> flo
 
 
 def semantic_discrimination(predictor: Predictor, data_dir: Path, scenes: list[dict]) -> dict[str, list[float]]:
+    # The Predictor returns instances only; its scoring step is the one place that sees the
+    # detector outputs (semantic map included), so it is wrapped for the run and then restored.
     captured: dict = {}
     score = predictor.scores
 
-    def capture(outputs):  # the detector outputs of the last call, semantic map included
+    def capture(outputs):
         captured["outputs"] = outputs
         return score(outputs)
 
     predictor.scores = capture
+    try:
+        return _discriminate(predictor, data_dir, scenes, captured)
+    finally:
+        del predictor.scores  # back to the class's method
+
+
+def _discriminate(predictor: Predictor, data_dir: Path, scenes: list[dict], captured: dict) -> dict[str, list[float]]:
     result: dict[str, list[float]] = {"shape": [], "colour": []}
     for scene in scenes:
         objects = scene["objects"]
@@ -97,19 +106,17 @@ def feature_probe(predictor: Predictor, data_dir: Path, scenes: list[dict], rein
         for module in detector.vision_encoder.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    size = model.config.sam3_image_size
     features: dict[int, list[torch.Tensor]] = {}
+    cells_per_level: dict[int, int] = {}
     shapes, colours = [], []
     with torch.no_grad():
         for scene in scenes:
             image = load_image(data_dir / scene["image"])
             height, width = image.shape[:2]
             pixels = predictor.processor([image], ["x"], phrases=[["x"]])["sam_pixel_values"]
-            if pixels.shape[-1] != size:
-                sys.exit("error: unexpected SAM3 input size")
             levels = detector.encode_images(pixels).fpn_hidden_states[:-1]
             for level, grid in enumerate(levels):
-                cells = grid.shape[-1]
+                cells = cells_per_level[level] = grid.shape[-1]
                 for o in scene["objects"]:
                     x0, y0, x1, y1 = o["box"]
                     row = min(cells - 1, int((y0 + y1) / 2 / height * cells))
@@ -122,7 +129,7 @@ def feature_probe(predictor: Predictor, data_dir: Path, scenes: list[dict], rein
     for level, rows in features.items():
         x = torch.stack(rows)
         x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
-        cells = int(predictor.model.config.sam3_image_size // 14 * 4 / 2**level)
+        cells = cells_per_level[level]
         for name, y in labels.items():
             torch.manual_seed(0)
             head = torch.nn.Linear(x.shape[1], 4)
@@ -141,22 +148,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="model directory or 'default'")
     parser.add_argument("--data", type=Path, required=True, help="an `instructsam synth` output directory")
-    parser.add_argument("--scenes", type=int, default=60, help="how many scenes (default 60; --probe: 1200)")
+    parser.add_argument("--scenes", type=int, default=None, help="how many scenes (default 60; with --probe 1200)")
     parser.add_argument("--probe", action="store_true", help="linear probe of the frozen image features")
     parser.add_argument("--reinit", action="store_true", help="with --probe: re-initialise the image encoder first")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.scenes < 1 or args.threads < 1:
+    if (args.scenes is not None and args.scenes < 1) or args.threads < 1:
         parser.error("--scenes and --threads must be positive")
     if args.reinit and not args.probe:
         parser.error("--reinit only goes with --probe")
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_pretrained(resolve_model_dir(args.model), device="cpu")
+    limit = args.scenes or (1200 if args.probe else 60)
     if args.probe:
-        limit = args.scenes if args.scenes != 60 else 1200
         feature_probe(predictor, args.data, read_scenes(args.data, limit), args.reinit)
         return
-    result = semantic_discrimination(predictor, args.data, read_scenes(args.data, args.scenes))
+    result = semantic_discrimination(predictor, args.data, read_scenes(args.data, limit))
     for kind, values in result.items():
         print(f"{kind}-only phrases: semantic discrimination {np.mean(values):.3f} over {len(values)} phrases")
 

@@ -43,6 +43,7 @@ def test_the_default_model_tells_colours_apart_on_unseen_scenes(diagnostics, tmp
     predictor = Predictor.from_pretrained("default", device="cpu")
     scenes = diagnostics.read_scenes(tmp_path, 12)
     result = diagnostics.semantic_discrimination(predictor, tmp_path, scenes)
+    assert "scores" not in vars(predictor)  # the capture hook is removed again
     assert len(result["colour"]) >= 5 and len(result["shape"]) >= 5
     # Colour is what the default model has learnt (BENCHMARKS.md: 0.56 on the held-out split);
     # an untrained or mis-loaded model is near 0.
