@@ -98,7 +98,7 @@ def run_benchmark(
     states = generation_vlm().query_states
     ids, mask = model.pad_phrases([processor._encode(phrase)])
     index = torch.zeros(1, dtype=torch.long, device=device)
-    detected = model.detect(states, ids, mask, features, index)
+    detected = model.detect(states, ids, mask, features, index, sam_pixels)
     scores, masks = predictor.scores(detected).cpu(), detected.pred_masks.float()
 
     stages_fns = {
@@ -108,7 +108,7 @@ def run_benchmark(
         "vlm_prefill_with_answer": lambda: prefill(full),
         "generation_all_steps": generation_vlm,
         "sam3_image_encoder": lambda: model.encode_sam_images(sam_pixels),
-        "sam3_decoder_and_mask_head": lambda: model.detect(states, ids, mask, features, index),
+        "sam3_decoder_and_mask_head": lambda: model.detect(states, ids, mask, features, index, sam_pixels),
         "postprocess": lambda: predictor._instances([phrase], scores, masks, (height, width), predictor.threshold),
     }
     def generation_flow():
@@ -116,7 +116,9 @@ def run_benchmark(
         result = generate_queries(model, batch["input_ids"], batch["pixel_values"].to(model.dtype),
                                   batch["image_grid_thw"], batch["mm_token_type_ids"], max_new_tokens=len(answer),
                                   forced_ids=forced)
-        out = model.detect(result.query_states, ids, mask, model.encode_sam_images(batch["sam_pixel_values"]), index)
+        sam_pixel_values = batch["sam_pixel_values"]
+        out = model.detect(result.query_states, ids, mask, model.encode_sam_images(sam_pixel_values), index,
+                           sam_pixel_values)
         predictor._instances([phrase], predictor.scores(out).cpu(), out.pred_masks.float(), (height, width),
                              predictor.threshold)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, Qwen3VLConfig, Sam3Config
 
-INSTANCE_SCORES = ("query", "query_x_mask", "semantic_x_mask")
+INSTANCE_SCORES = ("query", "query_x_mask", "semantic_x_mask", "semantic_x_mask_x_region")
 
 
 class InstructSamConfig(Qwen3VLConfig):
@@ -26,11 +26,15 @@ class InstructSamConfig(Qwen3VLConfig):
         mask ranks low. "semantic_x_mask": the mean probability of SAM3's semantic map (where the
         phrase is) over the instance's own mask, times the mean mask probability there - the
         score head and the presence head are not used; for from-scratch models whose semantic
-        head (trained densely) knows the phrase better than the one-to-many score head. The
-        released model uses "query".
+        head (trained densely) knows the phrase better than the one-to-many score head.
+        "semantic_x_mask_x_region": that times the sigmoid of the region head (needs
+        `region_head`). The released model uses "query".
     presence_head: keep SAM3's presence head (the decoder's presence token -> MLP -> one logit
         per phrase: "is it in the image at all?") and multiply every instance score by its
         sigmoid, as SAM3 does. The release drops it (False); the from-scratch recipe keeps it.
+    region_head: build the region head (region_head.py; not in the release): every query's mask
+        is judged against its phrase on a full-resolution crop of the image, for from-scratch
+        detectors whose coarse patch grid cannot resolve small objects' shapes.
     mask_nms_overlap: None (the release: no NMS) or a share in (0, 1): a query gets score 0 when
         more than this share of its binarised mask lies inside the mask of a better-scoring kept
         query of the same phrase (greedy NMS on containment, which is never below the IoU, so
@@ -54,12 +58,15 @@ class InstructSamConfig(Qwen3VLConfig):
     score_threshold: float = 0.3
     instance_score: str = "query"
     presence_head: bool = False
+    region_head: bool = False
     mask_nms_overlap: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.instance_score not in INSTANCE_SCORES:
             raise ValueError(f"instance_score must be one of {', '.join(INSTANCE_SCORES)}, got {self.instance_score!r}")
+        if self.instance_score == "semantic_x_mask_x_region" and not self.region_head:
+            raise ValueError("instance_score semantic_x_mask_x_region needs region_head: true")
         if self.mask_nms_overlap is not None and not (
             isinstance(self.mask_nms_overlap, (int, float)) and not isinstance(self.mask_nms_overlap, bool)
             and 0.0 < self.mask_nms_overlap < 1.0

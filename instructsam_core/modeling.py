@@ -6,6 +6,8 @@ Data path of one forward pass (reference-design.md, "Model"):
   at the `[SEG]` positions [P, Q, H] -> query projector -> SAM3 object queries; the phrase's
   input embeddings -> phrase projector -> SAM3 prompt tokens; SAM3 image features (once per
   image) -> DETR encoder/decoder, score head, mask head -> masks [P, Q, h, w] and scores [P, Q].
+  With `config.region_head` (a from-scratch option), every mask is also judged against its
+  phrase on a crop of the SAM3 input image (region_head.py) -> region logits [P, Q].
 
 Module names reproduce the authors' released checkpoint layout (`model.mask_queries`,
 `model.mask_hidden_fcs.0.*`, `model.text_hidden_fcs.0.*`, `model.grounding_model.model.*`,
@@ -26,6 +28,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VL
 from instructsam_core.attention import hybrid_attention_mask, seg_runs
 from instructsam_core.configuration import InstructSamConfig
 from instructsam_core.errors import CheckpointError
+from instructsam_core.region_head import RegionScoreHead
 from instructsam_core.sam3_detector import UNUSED_SAM3_KEY_PATTERNS, DetectorOutput, GroundingModel, projector_mlp
 
 GROUNDING_PREFIX = r"model\.grounding_model\.model\."
@@ -40,7 +43,8 @@ class InstructSamOutput(ModelOutput):
     logits [B, L, V] (only when asked for); query_states [P, Q, H]; pred_masks [P, Q, h, w] mask
     logits on SAM3's square grid; pred_logits [P, Q] score logits; pred_boxes [P, Q, 4] xyxy in
     [0, 1]; semantic_logits [P, h, w] SAM3's semantic head (training only); presence_logits [P]
-    (only with `config.presence_head`); phrase_row [P] batch
+    (only with `config.presence_head`); region_logits [P, Q] (only with `config.region_head`);
+    phrase_row [P] batch
     row of each block; phrase_ids/phrase_mask [P, T] the phrase tokens used as SAM3 prompts.
     """
 
@@ -51,6 +55,7 @@ class InstructSamOutput(ModelOutput):
     pred_boxes: torch.Tensor | None = None
     semantic_logits: torch.Tensor | None = None
     presence_logits: torch.Tensor | None = None
+    region_logits: torch.Tensor | None = None
     phrase_row: torch.Tensor | None = None
     phrase_ids: torch.Tensor | None = None
     phrase_mask: torch.Tensor | None = None
@@ -70,12 +75,16 @@ class InstructSamBackbone(Qwen3VLModel):
         self.mask_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
         self.text_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
         self.grounding_model = GroundingModel(config.sam3_config, presence_head=config.presence_head)
+        if config.region_head:
+            self.region_head = RegionScoreHead(hidden)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if module is self:
             init.zeros_(self.mask_queries)  # the paper zero-initialises the bank
+        if isinstance(module, RegionScoreHead):
+            module.reset_parameters()
 
 
 class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
@@ -221,21 +230,29 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         phrase_mask: torch.Tensor,
         image_features,
         image_index: torch.Tensor,
+        sam_pixel_values: torch.Tensor | None = None,
     ) -> DetectorOutput:
         """SAM3 decode for P phrases: projected query states become its object queries and the
-        projected phrase input embeddings its prompt tokens."""
+        projected phrase input embeddings its prompt tokens. `sam_pixel_values` (the encoded
+        images) are needed with `config.region_head` only."""
         backbone = self.model
         query_embeds = backbone.mask_hidden_fcs[0](query_states)
         phrase_embeds = backbone.get_input_embeddings()(phrase_ids)
         prompt = backbone.text_hidden_fcs[0](phrase_embeds)
         detector = backbone.grounding_model.model
-        return detector(
+        out = detector(
             image_features=image_features,
             image_index=image_index,
             prompt_features=prompt.to(detector.dtype),
             prompt_mask=phrase_mask,
             query_embeds=query_embeds.to(detector.dtype),
         )
+        if hasattr(backbone, "region_head"):
+            if sam_pixel_values is None:
+                raise ValueError("the region head scores image crops: pass sam_pixel_values")
+            images = sam_pixel_values.index_select(0, image_index)
+            out.region_logits = backbone.region_head(images, out.pred_masks, phrase_embeds, phrase_mask)
+        return out
 
     def encode_sam_images(self, sam_pixel_values: torch.Tensor):
         return self.model.grounding_model.model.encode_images(sam_pixel_values)
@@ -288,13 +305,15 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         if sam_pixel_values is not None:
             features = self.encode_sam_images(sam_pixel_values)
             detected = self.detect(
-                output.query_states, output.phrase_ids, output.phrase_mask, features, output.phrase_row
+                output.query_states, output.phrase_ids, output.phrase_mask, features, output.phrase_row,
+                sam_pixel_values,
             )
             output.pred_masks = detected.pred_masks
             output.pred_logits = detected.pred_logits
             output.pred_boxes = detected.pred_boxes
             output.semantic_logits = detected.semantic_logits
             output.presence_logits = detected.presence_logits
+            output.region_logits = detected.region_logits
         return output
 
 

@@ -67,6 +67,7 @@ def instance_scores(
     presence_logits: torch.Tensor | None = None,
     nms_overlap: float | None = None,
     semantic_logits: torch.Tensor | None = None,
+    region_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores [P, Q] in [0, 1] from score logits [P, Q], mask logits [P, Q, h, w] and, with SAM3's
     presence head, presence logits [P].
@@ -76,7 +77,8 @@ def instance_scores(
     how sure the mask is, and an empty mask is no instance at all. Presence logits multiply every
     query of their phrase by sigmoid(presence), as in SAM3. "semantic_x_mask": the mean of
     sigmoid(semantic logits [P, h, w]) over the mask's pixels times the mean mask probability
-    (score and presence logits unused). With `nms_overlap`, a query scores 0 when more than that
+    (score and presence logits unused). "semantic_x_mask_x_region": that times sigmoid(region
+    logits [P, Q]) of the region head, which judges each mask on the image's own pixels. With `nms_overlap`, a query scores 0 when more than that
     share of its binarised mask lies inside a better-scoring kept query's mask of the same
     phrase (greedy mask NMS, `suppress_duplicates`; the release has none).
     """
@@ -95,7 +97,11 @@ def instance_scores(
                 raise UserError("instance_score semantic_x_mask needs the detector's semantic logits")
             semantic = semantic_logits.float().flatten(1).sigmoid().to(inside.device)[:, None, :]
             scores = ((semantic * inside).sum(-1) / count * mean_probability).to(logits.device)
-    if presence_logits is not None and rule != "semantic_x_mask":
+            if rule == "semantic_x_mask_x_region":
+                if region_logits is None:
+                    raise UserError("instance_score semantic_x_mask_x_region needs the region head's logits")
+                scores = scores * region_logits.float().sigmoid().to(scores.device)
+    if presence_logits is not None and not rule.startswith("semantic_x_mask"):
         scores = scores * presence_logits.float().sigmoid().to(scores.device)[:, None]
     if nms_overlap is not None:
         scores = suppress_duplicates(scores, masks, nms_overlap)
@@ -263,15 +269,16 @@ class Predictor:
         with self._timed(timings, "sam_image_encoder"):
             features = self.model.encode_sam_images(sam_pixel_values)
         with self._timed(timings, "sam_decoder"):
-            out = self.model.detect(queries, phrase_ids, phrase_mask, features, image_index)
+            out = self.model.detect(queries, phrase_ids, phrase_mask, features, image_index, sam_pixel_values)
         return self.scores(out).cpu(), out.pred_masks.detach().float()
 
     def scores(self, out: DetectorOutput) -> torch.Tensor:
         """Instance scores [P, Q] of a detector output under the model's `instance_score` rule."""
         presence = None if out.presence_logits is None else out.presence_logits.detach()
         semantic = None if out.semantic_logits is None else out.semantic_logits.detach()
+        region = None if out.region_logits is None else out.region_logits.detach()
         return instance_scores(out.pred_logits.detach(), out.pred_masks.detach(), self.model.config.instance_score,
-                               presence, self.model.config.mask_nms_overlap, semantic)
+                               presence, self.model.config.mask_nms_overlap, semantic, region)
 
     def _instances(self, names, scores, masks, size, threshold) -> list[Instance]:
         """Keep queries scoring above the threshold, upsample their masks to the input size."""

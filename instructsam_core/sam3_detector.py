@@ -119,13 +119,15 @@ class DetectorOutput:
     """Per phrase P and query Q: mask logits [P, Q, h, w], score logits [P, Q], boxes xyxy [P, Q, 4],
     and SAM3's semantic-segmentation logits [P, h, w] (where the phrase matches, all instances
     together; inference does not use them, a from-scratch training loss may); presence logits [P]
-    ("is the phrase in the image at all") only when the presence head is built."""
+    ("is the phrase in the image at all") only when the presence head is built; region logits [P, Q]
+    are filled by InstructSAM's region head (region_head.py) when the model has one."""
 
     pred_masks: torch.Tensor
     pred_logits: torch.Tensor
     pred_boxes: torch.Tensor
     semantic_logits: torch.Tensor | None = None
     presence_logits: torch.Tensor | None = None
+    region_logits: torch.Tensor | None = None
 
 
 class Sam3QueryDetector(Sam3PreTrainedModel):

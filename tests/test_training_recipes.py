@@ -61,7 +61,7 @@ def test_fingerprint_follows_content():
     assert a.fingerprint() == parse_recipe(BASE).fingerprint() != b.fingerprint()
     assert a["loss"]["weights"] == {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0,
                                     "box_l1": 0.0, "box_giou": 0.0, "semantic": 0.0, "presence": 0.0,
-                                    "outside": 0.0}
+                                    "outside": 0.0, "region": 0.0}
 
 
 def test_matcher_costs_are_recipe_keys():

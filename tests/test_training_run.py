@@ -180,6 +180,28 @@ def test_presence_head_trains_only_when_the_model_has_one(data_root, tmp_path):
     assert head and all(not torch.equal(start[k], final[k]) for k in head)
 
 
+def test_region_head_trains_only_when_the_model_has_one(data_root, tmp_path):
+    with_weight = {"num_points": 128, "weights": {"region": 1.0}, "score_target": "mask_iou"}
+    bad = _recipe_file(tmp_path, loss=with_weight)
+    with pytest.raises(UserError, match="region head"):
+        Trainer(load_recipe(bad), data_root, tmp_path / "bad", progress=False).run()
+    overrides = {"region_head": True, "instance_score": "semantic_x_mask_x_region"}
+    recipe_path = _recipe_file(tmp_path, loss=with_weight, schedule={"max_steps": 2, "warmup_ratio": 0.0},
+                               model={"init": "scratch", "scratch": {}, "scratch_overrides": overrides})
+    run = tmp_path / "region"
+    Trainer(load_recipe(recipe_path), data_root, run, progress=False).run()
+    assert all(0.0 < e["region"] < 5.0 for e in _log(run))
+    from safetensors.torch import load_file
+
+    start = load_file(str(run / "init_model" / "model.safetensors"))
+    final = load_file(str(run / "final" / "model.safetensors"))
+    head = [k for k in final if k.startswith("model.region_head.")]
+    assert head and all(not torch.equal(start[k], final[k]) for k in head)
+    # The written config keeps the head and its scoring rule.
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["region_head"] is True and config["instance_score"] == "semantic_x_mask_x_region"
+
+
 def test_one_to_many_recipe_resumes_exactly_with_the_fused_optimizer(data_root, tmp_path):
     # The learning check's options together: score-free matching, one-to-many score targets,
     # the semantic term, mask NMS and semantic_x_mask scores in the model config, torch's fused

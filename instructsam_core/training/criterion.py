@@ -33,6 +33,10 @@
   multiplies phrase and pixel features - a query's mask is the dot product of the two - without
   any signal about what the phrase excludes, and a "circles" query keeps a square's mask. The
   semantic head, whose phrase conditioning is additive, learned colour but never shape.
+- Optional region term (no region head in the release): BCE between the region head's logits
+  [P, Q] (region_head.py: each query's mask judged on the image's own pixels) and the score
+  targets above. It is the term that teaches shape: for a hard negative ("red circles" where
+  only a red square is) the masks still land on the red square, and the target says no.
 - Optional box terms (weight 0 in the release): L1 and generalized IoU between a matched query's
   box and its instance's tight box. The release fine-tunes a pretrained SAM3 whose box head
   already works; a detector trained from scratch needs them, because SAM3's decoder layers bias
@@ -69,6 +73,7 @@ class LossWeights:
     semantic: float = 0.0
     presence: float = 0.0
     outside: float = 0.0
+    region: float = 0.0
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -283,15 +288,17 @@ class SetCriterion:
         pred_boxes: torch.Tensor | None = None,
         semantic_logits: torch.Tensor | None = None,
         presence_logits: torch.Tensor | None = None,
+        region_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic",
-        "presence", "outside"}: the unweighted terms and the weighted total.
+        "presence", "outside", "region"}: the unweighted terms and the weighted total.
 
         `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
         be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
         `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them), `semantic_logits`
         [P, h, w] (optional; semantic term 0 without them), `presence_logits` [P] (optional; always
-        part of the total when given, even at weight 0, so that DDP sees the head used).
+        part of the total when given, even at weight 0, so that DDP sees the head used),
+        `region_logits` [P, Q] (optional; likewise always part of the total when given).
         """
         size = tuple(mask_logits.shape[-2:])
         # The matcher and every set term read the targets on the mask-logit grid: resize them once
@@ -326,6 +333,10 @@ class SetCriterion:
         if w.outside:
             outside = self.outside_loss(mask_logits, grid_targets, match)
             total = total + w.outside * outside
+        region = score.new_zeros(())
+        if region_logits is not None:
+            region = F.binary_cross_entropy_with_logits(region_logits.float(), score_target)
+            total = total + w.region * region
         return {"loss": total, "text": text, "mask_bce": mask_bce, "mask_dice": mask_dice, "score": score,
                 "box_l1": box_l1, "box_giou": box_giou, "semantic": semantic, "presence": presence,
-                "outside": outside}
+                "outside": outside, "region": region}

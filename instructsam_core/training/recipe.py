@@ -41,8 +41,9 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
            score_target: dice,                # or binary, or mask_iou (one-to-many; criterion.py)
            matcher: {dice: 0.5, mask: 2.0, score: 1.0},   # Hungarian cost weights (matcher.py)
            weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0,
-                     semantic: 0.0, presence: 0.0, outside: 0.0}}   # box_*, semantic, presence, outside:
-                                                      # from-scratch aids, 0 in the release (criterion.py)
+                     semantic: 0.0, presence: 0.0, outside: 0.0, region: 0.0}}
+                                         # box_*, semantic, presence, outside, region: from-scratch
+                                         # aids, 0 in the release (criterion.py)
     checkpoint: {every_steps: 500, keep: 2}
     log_every: 10
     merge_lora_at_end: true              # LoRA runs also write the merged model to final/
@@ -89,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "score_target": "dice",
         "matcher": {"dice": 0.5, "mask": 2.0, "score": 1.0},
         "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0,
-                    "semantic": 0.0, "presence": 0.0, "outside": 0.0},
+                    "semantic": 0.0, "presence": 0.0, "outside": 0.0, "region": 0.0},
     },
     "checkpoint": {"every_steps": 500, "keep": 2},
     "log_every": 10,

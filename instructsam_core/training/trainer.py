@@ -37,7 +37,8 @@ from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside")
+LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside",
+             "region")
 LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
                     "sam_pixel_values")
@@ -201,6 +202,7 @@ class Trainer:
                   f"{len(dataset)} examples, {total_steps} steps of {global_batch} on {world} process(es)", flush=True)
 
         has_presence_head = bool(getattr(model.config, "presence_head", False))
+        has_region_head = bool(getattr(model.config, "region_head", False))
         model, optimizer = accelerator.prepare(model, optimizer)
         weights = LossWeights(**recipe["loss"]["weights"])
         self._uses_boxes = bool(weights.box_l1 or weights.box_giou)
@@ -210,6 +212,9 @@ class Trainer:
         if weights.presence and not self._uses_presence:
             raise UserError("recipe: loss.weights.presence needs a model with SAM3's presence head "
                             "(config presence_head: true, e.g. model.scratch_overrides.presence_head)")
+        if weights.region and not has_region_head:
+            raise UserError("recipe: loss.weights.region needs a model with the region head "
+                            "(config region_head: true, e.g. model.scratch_overrides.region_head)")
         criterion = SetCriterion(
             weights=weights,
             num_points=recipe["loss"]["num_points"],
@@ -277,7 +282,7 @@ class Trainer:
                                    out.logits, labels.to(accelerator.device), generator=generator,
                                    pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
                                    semantic_logits=out.semantic_logits if self._uses_semantic else None,
-                                   presence_logits=out.presence_logits)
+                                   presence_logits=out.presence_logits, region_logits=out.region_logits)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
