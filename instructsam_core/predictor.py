@@ -78,9 +78,10 @@ def instance_scores(
     query of their phrase by sigmoid(presence), as in SAM3. "semantic_x_mask": the mean of
     sigmoid(semantic logits [P, h, w]) over the mask's pixels times the mean mask probability
     (score and presence logits unused). "semantic_x_mask_x_region": that times sigmoid(region
-    logits [P, Q]) of the region head, which judges each mask on the image's own pixels. With `nms_overlap`, a query scores 0 when more than that
-    share of its binarised mask lies inside a better-scoring kept query's mask of the same
-    phrase (greedy mask NMS, `suppress_duplicates`; the release has none).
+    logits [P, Q]) of the region head, which judges each mask on the image's own pixels. With
+    `nms_overlap`, a query scores 0 when more than that share of its binarised mask lies inside
+    a better-scoring kept query's mask of the same phrase (greedy mask NMS,
+    `suppress_duplicates`; the release has none).
     """
     if rule not in INSTANCE_SCORES:
         raise UserError(f"unknown instance_score rule {rule!r} (choose from {', '.join(INSTANCE_SCORES)})")
