@@ -45,6 +45,6 @@ def test_the_default_model_tells_colours_apart_on_unseen_scenes(diagnostics, tmp
     result = diagnostics.semantic_discrimination(predictor, tmp_path, scenes)
     assert "scores" not in vars(predictor)  # the capture hook is removed again
     assert len(result["colour"]) >= 5 and len(result["shape"]) >= 5
-    # Colour is what the default model has learnt (BENCHMARKS.md: 0.56 on the held-out split);
+    # Colour is what the semantic map has learnt (BENCHMARKS.md: 0.50 on the held-out split);
     # an untrained or mis-loaded model is near 0.
     assert sum(result["colour"]) / len(result["colour"]) >= 0.3
