@@ -102,7 +102,7 @@ def instance_scores(
                 if region_logits is None:
                     raise UserError("instance_score semantic_x_mask_x_region needs the region head's logits")
                 scores = scores * region_logits.float().sigmoid().to(scores.device)
-    if presence_logits is not None and not rule.startswith("semantic_x_mask"):
+    if presence_logits is not None and rule in ("query", "query_x_mask"):
         scores = scores * presence_logits.float().sigmoid().to(scores.device)[:, None]
     if nms_overlap is not None:
         scores = suppress_duplicates(scores, masks, nms_overlap)

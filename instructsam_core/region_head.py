@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instructsam_core.training.boxes import masks_to_boxes
+
 # Share of the box side added on every side before cropping: the outline must stay in the crop.
 CROP_MARGIN = 0.15
 
@@ -36,19 +38,12 @@ def square_boxes(mask_logits: torch.Tensor, margin: float = CROP_MARGIN) -> torc
     """Boxes (cx, cy, side) in [0, 1] image units of binarised masks [N, h, w]: the tight box of
     the mask's pixels (logit > 0) made square on its longer side and widened by `margin` of the
     side on every end. An empty mask gets the whole image (cx = cy = 0.5, side = 1)."""
-    n, h, w = mask_logits.shape
     inside = mask_logits > 0
-    rows, cols = inside.any(dim=2), inside.any(dim=1)
-    ys = torch.arange(h, device=mask_logits.device)
-    xs = torch.arange(w, device=mask_logits.device)
-    y0 = torch.where(rows, ys, h).amin(dim=1).float() / h
-    y1 = torch.where(rows, ys + 1, 0).amax(dim=1).float() / h
-    x0 = torch.where(cols, xs, w).amin(dim=1).float() / w
-    x1 = torch.where(cols, xs + 1, 0).amax(dim=1).float() / w
+    x0, y0, x1, y1 = masks_to_boxes(inside).unbind(dim=1)
     side = torch.maximum(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
     boxes = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, side], dim=1)
     whole = torch.tensor([0.5, 0.5, 1.0], device=mask_logits.device)
-    return torch.where(rows.any(dim=1, keepdim=True), boxes, whole)
+    return torch.where(inside.flatten(1).any(dim=1, keepdim=True), boxes, whole)
 
 
 def crop_regions(images: torch.Tensor, mask_logits: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
