@@ -94,17 +94,12 @@ class ImageSizer:
     def __call__(self, image: str) -> tuple[int, int]:
         if self.images_dir is None:
             raise BadRecord("record has no height/width and no --images directory was given to read them from")
-        path = self.images_dir / image
-        try:
-            from PIL import Image
+        from instructsam_core.images import image_size
 
-            with Image.open(path) as handle:
-                width, height = handle.size
-        except FileNotFoundError:
-            raise BadRecord(f"image {path} does not exist") from None
-        except OSError as error:
-            raise BadRecord(f"image {path} cannot be read: {error}") from None
-        return int(height), int(width)
+        try:
+            return image_size(self.images_dir / image)
+        except UserError as error:
+            raise BadRecord(str(error)) from None
 
 
 def _require(record: dict, key: str, kind: type | tuple[type, ...]) -> Any:
