@@ -27,3 +27,10 @@ def test_tiny_bench_reports_each_stage_and_the_ratio(capsys):
 def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--config", "tiny", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_bench_rejects_a_pixel_budget_that_is_not_positive(capsys):
+    for value in ("-5", "0"):
+        assert main(["bench", "--config", "tiny", "--repeats", "1", "--warmup", "0", "--max-pixels", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--max-pixels" in err and value in err and len(err.splitlines()) == 1

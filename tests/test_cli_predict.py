@@ -78,3 +78,32 @@ def test_corrupt_image_and_non_model_directory_are_one_line_errors(tmp_path, tin
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "no *.safetensors" in err
+
+
+def _one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_image_that_is_a_directory_is_named_as_one(tmp_path, tiny_model_dir, capsys):
+    code = main(["predict", "--model", str(tiny_model_dir), "--image", str(tmp_path), "--instruction", "a",
+                 "--out", str(tmp_path / "o")])
+    err = _one_line_error(capsys, code)
+    assert "is a directory, not an image file" in err and "does not exist" not in err
+
+
+def test_tiny_out_that_is_a_file_or_cannot_be_created(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    err = _one_line_error(capsys, main(["tiny", "--out", str(a_file)]))
+    assert "is a file, not a directory" in err
+    # a directory under a regular file cannot be created (whoever runs the test, root included)
+    err = _one_line_error(capsys, main(["tiny", "--out", str(a_file / "model")]))
+    assert "cannot create --out" in err and str(a_file / "model") in err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    err = _one_line_error(capsys, main(["tiny", "--out", str(full)]))
+    assert "is not empty" in err and "--force" in err
+    assert (full / "keep.txt").read_text() == "x"

@@ -6,6 +6,8 @@ import tempfile
 
 from instructsam_core.errors import UserError
 
+MAX_PIXELS_LIMIT = 1 << 30  # the bound a model directory's preprocessor_config.json may give
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time each inference stage (random weights are fine)")
@@ -23,6 +25,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    if not (16 <= args.width <= 8192 and 16 <= args.height <= 8192):
+        raise UserError("--width/--height must be between 16 and 8192")
+    if args.max_pixels is not None and not 1 <= args.max_pixels <= MAX_PIXELS_LIMIT:
+        raise UserError(f"--max-pixels must be a positive number of pixels (at most {MAX_PIXELS_LIMIT}), "
+                        f"got {args.max_pixels}")
     import torch
 
     from instructsam_core.benchmark import run_benchmark
@@ -31,10 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from instructsam_core.processing import InstructSamProcessor
     from instructsam_core.tiny import build_tokenizer, full_config, write_tiny_model
 
-    if args.repeats < 1 or args.warmup < 0:
-        raise UserError("--repeats must be >= 1 and --warmup >= 0")
-    if not (16 <= args.width <= 8192 and 16 <= args.height <= 8192):
-        raise UserError("--width/--height must be between 16 and 8192")
     device = check_device(args.device)
     if args.model:
         predictor = Predictor.from_pretrained(args.model, device=device, dtype=args.dtype)

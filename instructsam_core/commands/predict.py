@@ -24,17 +24,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Arguments and the image are checked before the model side (torch, transformers: most of
+    # the command's start-up time) is imported, so a mistake is reported at once.
     from instructsam_core.images import load_image
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a directory")
+    image = load_image(args.image)
+
     from instructsam_core.masks import encode_mask
     from instructsam_core.predictor import Predictor, check_instruction
     from instructsam_core.visualize import draw_overlay, save_png
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     instruction = check_instruction(args.instruction)
-    image = load_image(args.image)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file, not a directory")
     predictor = Predictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, threshold=args.threshold, max_instances=args.max_instances
     )

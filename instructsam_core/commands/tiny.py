@@ -16,10 +16,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise UserError(f"--out {out} is not empty (use --force to overwrite)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
+
     from instructsam_core.tiny import write_tiny_model
 
-    if args.out.exists() and (not args.out.is_dir() or (any(args.out.iterdir()) and not args.force)):
-        raise UserError(f"{args.out} exists and is not an empty directory (use --force to overwrite)")
-    path = write_tiny_model(args.out, seed=args.seed)
+    try:
+        path = write_tiny_model(out, seed=args.seed)
+    except OSError as error:
+        raise UserError(f"cannot write the model to {out}: {error.strerror or error}") from None
     print(f"wrote a tiny random-init InstructSAM model to {path}")
     return 0
