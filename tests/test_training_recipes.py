@@ -83,3 +83,34 @@ def test_fused_optimizer_is_a_checked_flag():
     assert parse_recipe({**BASE, "optimizer": {"fused": True}})["optimizer"]["fused"] is True
     with pytest.raises(UserError, match="optimizer.fused must be true or false"):
         parse_recipe({**BASE, "optimizer": {"fused": "yes"}})
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("optimizer: {lr_groups: [{name: all, pattern: '', lr: .nan}]}", r"optimizer\.lr_groups\[0\]\.lr"),
+        ("loss: {weights: {semantic: .inf}}", r"loss\.weights\.semantic"),
+        ("loss: {matcher: {dice: -.inf}}", r"loss\.matcher\.dice"),
+        ("schedule: {warmup_ratio: .nan}", r"schedule\.warmup_ratio"),
+        ("optimizer: {betas: [0.9, .nan]}", r"optimizer\.betas\[1\]"),
+        ("optimizer: {max_grad_norm: 1.0e+999}", r"optimizer\.max_grad_norm"),  # YAML reads this as inf
+        ("model: {init: scratch, scratch_init: {query_bank_std: .nan}}", r"model\.scratch_init\.query_bank_std"),
+        ("model: {init: scratch, scratch_overrides: {sam3_config.x: .inf}}", r"model\.scratch_overrides\.sam3_config\.x"),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_field(tmp_path, text, field):
+    path = tmp_path / "r.yaml"
+    base = "model: {init: scratch}\n" if not text.startswith("model") else ""
+    path.write_text(base + "data: {mixture: [{path: train.json}]}\n" + text + "\n")
+    with pytest.raises(UserError, match=rf"r\.yaml: recipe: {field} must be a finite number") as caught:
+        load_recipe(path)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_recipe_errors_name_the_file_once(tmp_path):
+    path = tmp_path / "r.yaml"
+    for text in ("[1, 2]\n", "", "seed: 1\n"):
+        path.write_text(text)
+        with pytest.raises(UserError) as caught:
+            load_recipe(path)
+        assert str(caught.value).count(str(path)) == 1, str(caught.value)

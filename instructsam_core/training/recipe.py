@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -247,9 +248,26 @@ def validate(values: dict[str, Any]) -> None:
     _positive(values["log_every"], "log_every", integer=True)
 
 
+def check_finite(value: Any, where: str = "") -> None:
+    """Refuse NaN and infinities anywhere in a recipe (YAML's .nan, .inf, 1.0e+999), naming the key:
+    one such number (a learning rate, a loss weight) would turn every weight into NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"recipe: {where or 'the recipe'} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_finite(item, f"{where}[{index}]")
+
+
 def parse_recipe(values: Any, path: Path | None = None) -> Recipe:
+    """Check a recipe's values; error messages start with 'recipe:' (load_recipe adds the file)."""
+    if values is None:
+        raise UserError("recipe: the file is empty (a recipe is a YAML mapping)")
     if not isinstance(values, dict):
-        raise UserError(f"{path or 'recipe'}: a recipe must be a YAML mapping")
+        raise UserError(f"recipe: the top level must be a YAML mapping, got {type(values).__name__}")
+    check_finite(values)
     merged = _merge(DEFAULTS, values, "recipe")
     validate(merged)
     return Recipe(merged, path)
