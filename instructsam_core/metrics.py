@@ -15,7 +15,10 @@ scores. Everything is computed from COCO RLEs through pycocotools.
   interpolation), with recall normalised by the data set's number of GT instances. mAP averages
   t = 0.50, 0.55, ..., 0.95; AP50 and AP75 are single thresholds.
 - Everything again per bucket of GT count: "0", "1", ">=2" (queries with that many instances).
-  With no GT instance in a bucket, AP is undefined and reported as None.
+  With no GT instance (the "0" bucket, or a data set of no-target queries only) recall is
+  undefined; the release writes AP = 0.0 there (every kept prediction is a false positive and
+  no true positive can exist), and so do we, so that files compare with the release's. The
+  COCOeval view keeps COCO's convention (None: no GT, no AP).
 - Diagnostics (not release metrics; they say *why* the figures are what they are): ROC-AUC of a
   query's top score for "has a target" vs "has none" (does the score know presence, whatever the
   threshold?), and how many instances each query keeps (does the model ever return two?).
@@ -153,10 +156,10 @@ def _match_query(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.nd
     return tp
 
 
-def average_precision(tp_sorted: np.ndarray, num_gt: int) -> float | None:
-    """All-point AP from TP flags already in score order (None when there is no GT)."""
+def average_precision(tp_sorted: np.ndarray, num_gt: int) -> float:
+    """All-point AP from TP flags already in score order (0.0 when there is no GT, as the release)."""
     if num_gt == 0:
-        return None
+        return 0.0
     if tp_sorted.size == 0:
         return 0.0
     tp_cum = np.cumsum(tp_sorted)
@@ -193,12 +196,9 @@ def instance_ap(queries: Sequence[QueryEval], threshold: float) -> dict:
     else:
         all_tp = np.zeros((len(IOU_THRESHOLDS), 0), dtype=bool)
     per_t = [average_precision(all_tp[i], num_gt) for i in range(len(IOU_THRESHOLDS))]
-    if num_gt == 0:
-        m_ap = ap50 = ap75 = None
-    else:
-        m_ap = float(np.mean(per_t))
-        ap50 = per_t[IOU_THRESHOLDS.index(0.5)]
-        ap75 = per_t[IOU_THRESHOLDS.index(0.75)]
+    m_ap = float(np.mean(per_t))
+    ap50 = per_t[IOU_THRESHOLDS.index(0.5)]
+    ap75 = per_t[IOU_THRESHOLDS.index(0.75)]
     return {
         "mAP": m_ap,
         "AP50": ap50,

@@ -116,7 +116,14 @@ def test_scoring_one_false_positive_on_a_no_target_query(workspace, tmp_path):
     assert metrics["mAP"] == pytest.approx(n / (n + 1))
     queries = sum(len(r["annotation"]) for r in records)
     assert metrics["giou"] == pytest.approx((queries - 1) / queries)
-    assert metrics["by_num_objects"]["0"]["num_pred_instances"] == 1
+    no_target = metrics["by_num_objects"]["0"]
+    assert no_target["num_pred_instances"] == 1 and no_target["num_gt_instances"] == 0
+    # the release's files hold 0.0 for the AP of the no-target group, not an empty value
+    assert (no_target["mAP"], no_target["AP50"], no_target["AP75"]) == (0.0, 0.0, 0.0)
+    report = (out / "metrics.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| GT count 0 |"))
+    assert row.split("|")[5:8] == [" 0.0 ", " 0.0 ", " 0.0 "]
+    assert "group without targets (GT count 0) is 0 by the release's convention" in report
     # With a threshold above the FP's score nothing is kept at all.
     assert cli_main(["eval", "--suite", "inst2seg", "--data", str(data), "--predictions", str(preds),
                      "--out", str(out), "--threshold", "0.96", "--quiet"]) == 0

@@ -46,7 +46,9 @@ def test_predictions_equal_to_gt_score_one():
     assert result["giou"] == pytest.approx(1.0) and result["ciou"] == pytest.approx(1.0)
     assert result["num_gt_instances"] == 3 and result["num_pred_instances"] == 3
     buckets = result["by_num_objects"]
-    assert buckets["0"]["mAP"] is None and buckets["0"]["giou"] == pytest.approx(1.0)
+    # no target, nothing predicted: AP 0.0 by the release's convention, gIoU 1 (empty vs empty)
+    assert (buckets["0"]["mAP"], buckets["0"]["AP50"], buckets["0"]["AP75"]) == (0.0, 0.0, 0.0)
+    assert buckets["0"]["giou"] == pytest.approx(1.0)
     assert buckets["1"]["num_gt_instances"] == 1 and buckets[">=2"]["num_gt_instances"] == 2
     assert buckets[">=2"]["mAP"] == pytest.approx(1.0)
     assert result["coco"]["AP"] == pytest.approx(1.0)
@@ -128,7 +130,8 @@ def test_empty_predictions_and_empty_ground_truth():
     assert no_preds["mAP"] == 0.0 and no_preds["giou"] == 0.0 and no_preds["num_pred_instances"] == 0
     assert no_preds["coco"]["AP"] == 0.0
     no_gt = evaluate_queries([q([], []), q([], [])], threshold=0.3, empty_iou=1.0)
-    assert no_gt["mAP"] is None and no_gt["AP50"] is None and no_gt["coco"]["AP"] is None
+    # no GT at all: the release writes AP 0.0; COCOeval's view keeps COCO's "undefined"
+    assert (no_gt["mAP"], no_gt["AP50"], no_gt["AP75"]) == (0.0, 0.0, 0.0) and no_gt["coco"]["AP"] is None
     assert no_gt["giou"] == 1.0 and no_gt["ciou"] == 1.0
     # ReasonSeg's rule: empty vs empty scores 0.
     assert giou_ciou([q([], [])], 0.3, empty_iou=0.0) == (0.0, 0.0)

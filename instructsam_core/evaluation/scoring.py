@@ -130,6 +130,13 @@ def metrics_markdown(metrics: dict) -> str:
         ]
     if "miou" in metrics:
         lines += ["", f"Mean IoU (RoboRefIt): {_fmt(metrics['miou'])}"]
+    groups = [metrics, *metrics["by_num_objects"].values(), *metrics.get("splits", {}).values()]
+    if any(m.get("num_queries") and not m.get("num_gt_instances") for m in groups):
+        lines += ["", "AP of a group without targets (GT count 0) is 0 by the release's convention: with no "
+                  "ground-truth instance recall is undefined, no prediction can be a true positive and every "
+                  "kept one is a false positive, so the release writes 0.0 (and so does metrics.json, to "
+                  "compare with its files). How well such queries are answered shows in their gIoU (an empty "
+                  "answer scores the empty-vs-empty value) and in #pred (false positives)."]
     diagnostics = metrics.get("diagnostics")
     if diagnostics:
         kept = ", ".join(f"{n}: {c}" for n, c in diagnostics["kept_per_query"].items())
