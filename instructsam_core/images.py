@@ -66,9 +66,11 @@ def load_image(path: str | Path) -> np.ndarray:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                return np.ascontiguousarray(_to_rgb(ImageOps.exif_transpose(image)))
+                array = _to_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"cannot read image {path}: {error}") from None
+    # np.asarray of a Pillow image is read-only; callers get an array of their own.
+    return array if array.flags.writeable and array.flags.c_contiguous else np.array(array, order="C")
 
 
 def _is_wide_grey(mode: str) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,3 +253,44 @@ def test_bad_cli_input_is_one_line_errors(workspace, tmp_path, capsys):
     assert "--threshold" in capsys.readouterr().err
     assert cli_main([*base, "--merge", "--num-shards", "2"]) == 2
     assert "cannot merge" in capsys.readouterr().err
+
+
+def test_a_model_that_fails_to_load_does_not_bind_out(workspace, tmp_path, capsys):
+    broken = tmp_path / "broken_model"
+    shutil.copytree(workspace / "model", broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.unlink()
+    out = tmp_path / "run"
+    args = _model_args(workspace, out)
+    args[args.index("--model") + 1] = str(broken)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (out / "run.json").exists()
+    # the corrected command, into the same --out, runs
+    assert cli_main(_model_args(workspace, out)) == 0
+    assert json.loads((out / "run.json").read_text())["model"] == str((workspace / "model").resolve())
+    assert (out / "metrics.json").exists()
+
+
+def test_records_whose_image_is_missing(workspace, tmp_path, capsys):
+    images = tmp_path / "images_dir"
+    shutil.copytree(workspace / "data", images)
+    records = json.loads((workspace / "data" / "inst2seg.json").read_text())[:RECORDS]
+    (images / records[1]["image"]).unlink()
+    out = tmp_path / "run"
+    args = _model_args(workspace, out)
+    args[args.index("--images") + 1] = str(images)
+    # without --skip-bad: one line naming the image, before any model work or run.json
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(images / records[1]["image"]) in err and "--skip-bad" in err
+    assert not (out / "run.json").exists()
+    # with --skip-bad: the record is skipped, counted and not predicted; the others are
+    assert cli_main([*args, "--skip-bad"]) == 0
+    assert "skipped record 1: image" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_records"] == 1 and metrics["num_records"] == RECORDS - 1
+    predicted = {json.loads(line)["record"] for line in _lines(out / "predictions.jsonl")}
+    assert predicted == {0, 2}
+    assert metrics["num_queries"] == sum(len(records[i]["annotation"]) for i in (0, 2))

@@ -88,7 +88,9 @@ def test_eight_bit_images_are_unchanged(tmp_path):
     rgb = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey.png")
-    assert np.array_equal(load_image(tmp_path / "rgb.png"), rgb)
+    loaded = load_image(tmp_path / "rgb.png")
+    assert np.array_equal(loaded, rgb)
+    assert loaded.flags.writeable  # the caller's own array, not a read-only view of Pillow's buffer
     grey = load_image(tmp_path / "grey.png")
     assert all(np.array_equal(grey[:, :, c], rgb[:, :, 0]) for c in range(3))
 

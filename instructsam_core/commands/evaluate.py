@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from instructsam_core.commands import add_sam3_config_argument
 from instructsam_core.errors import UserError
 
 
@@ -30,12 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--model", help="model directory, or 'default' for the embedded model")
     mode.add_argument("--predictions", type=Path, help="score this predictions.jsonl instead of running a model")
+    add_sam3_config_argument(parser)
     mode.add_argument("--merge", action="store_true", help="merge the shard files in --out and score them")
     parser.add_argument("--limit", type=int, help="only the first N records")
     parser.add_argument("--threshold", type=float, help="score threshold (default: the suite's, 0.3 or 0.5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on GPUs, fp32 on CPU")
-    parser.add_argument("--skip-bad", action="store_true", help="skip malformed records (counted) instead of failing")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip malformed records and, when running a model, records whose image is missing "
+                        "(counted) instead of failing")
     parser.add_argument("--shard", type=int, help="this process's shard (default: RANK under torchrun, else 0)")
     parser.add_argument("--num-shards", type=int, help="number of shards (default: WORLD_SIZE under torchrun, else 1)")
     parser.add_argument(
@@ -71,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot create {out}: {error.strerror}") from None
 
     data = read_suite(args.suite, args.data, args.images, skip_bad=args.skip_bad, limit=args.limit)
+    if args.images is not None and (args.model is not None or args.merge):
+        # A model run needs every image; find a missing one now, not when its query comes up.
+        from instructsam_core.evaluation.runner import drop_missing_images
+
+        data = drop_missing_images(data, args.images, args.skip_bad)
     for index, reason in data.skipped[:5]:
         print(f"skipped record {index}: {reason}")
     if len(data.skipped) > 5:
@@ -146,6 +155,7 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
         run_queries,
         shard_queries,
         shards_complete,
+        write_run_config,
     )
     from instructsam_core.model_paths import resolve_model_dir
     from instructsam_core.predictor import Predictor
@@ -156,6 +166,7 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
         "data": str(args.data.resolve()),
         "data_sha256": file_digest(args.data),
         "model": str(model_dir.resolve()),
+        "sam3_config": None if args.sam3_config is None else str(args.sam3_config.resolve()),
         "limit": args.limit,
         "skip_bad": bool(args.skip_bad),
         "phrase_mode": args.phrase_mode,
@@ -163,7 +174,7 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
         "max_new_tokens": args.max_new_tokens,
         "num_shards": shard.count,
     }
-    check_run_config(args.out, config)
+    check_run_config(args.out, config)  # a resume with other settings is refused before the model loads
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -175,9 +186,11 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
     device = device_for_shard(args.device)
     predictor = Predictor.from_pretrained(
         model_dir, device=device, dtype=args.dtype, threshold=0.0, max_instances=args.max_instances,
+        sam3_config=args.sam3_config,
         max_new_tokens=args.max_new_tokens,
         auto_phrase=args.phrase_mode == "auto",
     )
+    write_run_config(args.out, config)  # only now: a model that fails to load leaves --out unbound
     with PredictionsWriter(path) as writer:
         run_queries(predictor, mine, args.images, writer, args.phrase_mode, progress=not args.quiet)
     if shard.count == 1:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from instructsam_core.evaluation.predictions import (
     read_predictions,
     shard_file_name,
 )
-from instructsam_core.evaluation.suites import EvalQuery
+from instructsam_core.evaluation.suites import EvalQuery, SuiteData
 from instructsam_core.masks import encode_mask
 
 PHRASE_MODES = ("generate", "text", "auto")
@@ -83,23 +83,58 @@ def file_digest(path: Path) -> str:
 
 
 def check_run_config(out_dir: Path, config: dict) -> None:
-    """Write run.json on the first run; refuse to resume a run with a different config."""
+    """Refuse to resume a run whose run.json records different settings (writes nothing)."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is unreadable ({error}); use a new --out") from None
+    if not isinstance(previous, dict):
+        raise UserError(f"{path} does not hold a run's settings; use a new --out")
+    differing = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+    if differing:
+        raise UserError(
+            f"{out_dir} holds a run with different settings ({', '.join(differing)}); "
+            "use a new --out or the same settings to resume"
+        )
+
+
+def write_run_config(out_dir: Path, config: dict) -> None:
+    """Record the run's settings in run.json (first run only). Called once the model has loaded,
+    so that a run that failed before predicting anything does not bind --out to its settings."""
+    check_run_config(out_dir, config)
     path = out_dir / "run.json"
     if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"{path} is unreadable ({error}); use a new --out") from None
-        differing = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-        if differing:
-            raise UserError(
-                f"{out_dir} holds a run with different settings ({', '.join(differing)}); "
-                "use a new --out or the same settings to resume"
-            )
         return
     temporary = out_dir / f"run.json.tmp{os.getpid()}"
     temporary.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, path)
+
+
+def drop_missing_images(data: SuiteData, images_dir: Path, skip_bad: bool) -> SuiteData:
+    """Check that every query's image file exists before a model run starts (a stat per image).
+    A missing one is an error naming it, or with `skip_bad` its record is skipped and counted
+    in `data.skipped` like a malformed one."""
+    missing: dict[int, str] = {}
+    exists: dict[str, bool] = {}
+    for query in data.queries:
+        if query.image not in exists:
+            exists[query.image] = (images_dir / query.image).is_file()
+        if not exists[query.image]:
+            missing.setdefault(query.record, f"image {images_dir / query.image} does not exist")
+    if not missing:
+        return data
+    if not skip_bad:
+        first = min(missing)
+        raise UserError(f"{len(missing)} record(s) of {data.path} name an image that does not exist "
+                        f"(first: record {first}: {missing[first]}); use --skip-bad to skip them")
+    queries = [q for q in data.queries if q.record not in missing]
+    if not queries:
+        raise UserError(f"{data.path}: no record has its image under {images_dir}")
+    skipped = sorted(data.skipped + list(missing.items()))
+    return replace(data, queries=queries, skipped=skipped)
 
 
 def run_queries(
