@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from instructsam_core.training.checkpoint import STATE_FILE, CheckpointManager
+from instructsam_core.training.checkpoint import STATE_FILE, CheckpointDamaged, CheckpointManager, verify
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
 from instructsam_core.training.state_io import flatten_state, load_state, save_state, unflatten_state
 
@@ -42,9 +42,14 @@ def test_checkpoint_pruning_and_resave(tmp_path):
     assert [step for step, _ in manager.list()] == [2, 3]
     manager.save(3, lambda d: (_write_complete(d), (d / "extra").write_text("new")))
     assert (manager.path_for(3) / "extra").read_text() == "new"
-    # a directory without the state file (never published) does not count
+    # every published checkpoint carries a manifest that verifies
+    for _, path in manager.list():
+        verify(path, required=("trainable.safetensors", STATE_FILE))
+    # a step directory that lost its files is listed (resume must report it), and fails verify
     (tmp_path / "step-00000009").mkdir()
-    assert manager.latest().name == "step-00000003"
+    assert manager.latest().name == "step-00000009"
+    with pytest.raises(CheckpointDamaged, match="manifest.json is missing"):
+        verify(manager.latest())
 
 
 def test_state_roundtrip_keeps_types():

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                         help="run directory: checkpoints/, log.jsonl, loss_curve.png, final/")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest complete checkpoint in --output")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out training samples that cannot be used (every one is checked before the "
+                        "first step) instead of stopping; the same as data.skip_bad: true in the recipe")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     # Test hook: SIGKILL the process right after this optimizer step (a crash at a known point).
     parser.add_argument("--kill-after-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -36,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from instructsam_core.training.trainer import Trainer
 
     recipe = load_recipe(args.recipe)
+    if args.skip_bad:
+        recipe.values["data"]["skip_bad"] = True
     if not args.data_root.is_dir():
         raise UserError(f"--data-root {args.data_root} is not a directory")
     if args.output.exists() and not args.output.is_dir():
@@ -64,6 +69,8 @@ def _launch_local_processes(count: int, args: argparse.Namespace) -> int:
                "--output", str(args.output)]
     if args.resume:
         command.append("--resume")
+    if args.skip_bad:
+        command.append("--skip-bad")
     if args.quiet:
         command.append("--quiet")
     if args.kill_after_step is not None:

@@ -5,23 +5,82 @@ Layout of `OUTPUT/checkpoints/step-00000100/`:
     optimizer.safetensors + optimizer.json   optimizer state (state_io: no pickle)
     trainer_state.json      step, epoch, data position, loss history, recipe fingerprint
 
+    manifest.json           size and SHA-256 of every other file (written last)
+
 Everything is written into a hidden temporary sibling, fsynced, and renamed into place; the
 rename is atomic, so a kill at any moment leaves either the previous checkpoints or the new one,
 never a half-written one that would load. Stale temporaries are removed on the next start.
+
+What a rename cannot protect against (a disk or a copy that truncates, empties or flips bytes
+of a published checkpoint, a file deleted or edited by hand) the manifest finds: `verify`
+checks every file against it before anything is loaded, and resume falls back to the newest
+checkpoint that passes (trainer.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from instructsam_core.training.state_io import fsync_dir
+from instructsam_core.errors import UserError
+from instructsam_core.training.state_io import fsync_dir, write_json
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+class CheckpointDamaged(UserError):
+    """A checkpoint that fails its manifest or its contents check; the message says what is wrong."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """manifest.json: size and SHA-256 of every file in `directory` (call after writing them all)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    entries = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    write_json(directory / MANIFEST, {"format": MANIFEST_FORMAT, "files": entries})
+
+
+def verify(directory: Path, required: tuple[str, ...] = ()) -> None:
+    """Raise `CheckpointDamaged` unless every file the manifest lists (and each `required` one)
+    is there with its recorded size and SHA-256."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointDamaged(f"{MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError
+        entries = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise CheckpointDamaged(f"{MANIFEST} is unreadable or not a manifest") from None
+    for name in required:
+        if name not in entries:
+            raise CheckpointDamaged(f"{MANIFEST} does not list {name}")
+    for name, (size, sha256) in sorted(entries.items()):
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointDamaged(f"{name} is missing")
+        actual = file.stat().st_size
+        if actual != size:
+            raise CheckpointDamaged(f"{name} is {actual} bytes, the manifest says {size} (truncated or replaced)")
+        if file_sha256(file) != sha256:
+            raise CheckpointDamaged(f"{name} does not match its SHA-256 in the manifest (damaged bytes)")
 
 
 class CheckpointManager:
@@ -42,13 +101,14 @@ class CheckpointManager:
                 shutil.rmtree(child, ignore_errors=True)
 
     def list(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints, oldest first."""
+        """Published checkpoints (step-N directories), oldest first. Only published ones exist
+        under these names, but one may have been damaged since: see `verify`."""
         if not self.root.is_dir():
             return []
         found = []
         for child in self.root.iterdir():
             match = _STEP_DIR.match(child.name)
-            if match and child.is_dir() and (child / STATE_FILE).is_file():
+            if match and child.is_dir():
                 found.append((int(match.group(1)), child))
         return sorted(found)
 
@@ -65,6 +125,7 @@ class CheckpointManager:
             shutil.rmtree(temporary)
         temporary.mkdir()
         write(temporary)
+        write_manifest(temporary)
         fsync_dir(temporary)
         if final.exists():
             # Re-saving a step (e.g. after a resume): move the old one aside first, because a

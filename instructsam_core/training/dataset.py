@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from instructsam_core.errors import UserError
-from instructsam_core.images import load_image
+from instructsam_core.images import image_size, load_image
 from instructsam_core.training.records import Record
 
 
@@ -35,6 +35,27 @@ def resize_masks_nearest(masks: np.ndarray, size: int) -> np.ndarray:
     for i, mask in enumerate(masks):
         out[i] = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     return out
+
+
+def check_record(record: Record) -> str | None:
+    """Why `record` cannot be trained on (a message starting with its source), or None.
+
+    Checked up front for every record, before the first step: the image file (its header only:
+    it exists, is an image, has the record's size) and every mask, decoded at the record's size.
+    Pixel data that is damaged behind an intact header is found when the sample is loaded.
+    """
+    try:
+        height, width = image_size(record.image)
+    except UserError as error:
+        return f"{record.source}: {error}"
+    if (height, width) != (record.height, record.width):
+        return (f"{record.source}: image {record.image} is {width}x{height} but the record says "
+                f"{record.width}x{record.height}")
+    try:
+        record.decode()
+    except UserError as error:  # RecordError: the message starts with the source already
+        return str(error)
+    return None
 
 
 class InstructSegDataset(Dataset):

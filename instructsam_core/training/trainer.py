@@ -28,14 +28,21 @@ import yaml
 
 from instructsam_core.errors import UserError
 from instructsam_core.training import model_setup
-from instructsam_core.training.checkpoint import STATE_FILE, CheckpointManager
+from instructsam_core.training.checkpoint import STATE_FILE, CheckpointDamaged, CheckpointManager, verify
 from instructsam_core.training.criterion import LossWeights, SetCriterion
 from instructsam_core.training.dataset import InstructSegDataset, TrainingCollator
 from instructsam_core.training.matcher import HungarianMatcher
 from instructsam_core.training.mixture import build_mixture, load_mixture_file, parse_mixture
 from instructsam_core.training.recipe import Recipe
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
-from instructsam_core.training.state_io import fsync_dir, load_state, save_state, save_tensors, write_json
+from instructsam_core.training.state_io import (
+    flatten_state,
+    fsync_dir,
+    load_state,
+    save_state,
+    save_tensors,
+    write_json,
+)
 
 LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside",
              "region")
@@ -64,6 +71,39 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1009 + micro * 101 + rank * 7919 + 12345) % (2**63 - 1)
 
 
+class NonFiniteTraining(UserError):
+    """The loss, the outputs, the gradients or the weights stopped being finite numbers."""
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or an infinity, else None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _newest_checkpoint_note(checkpoints: CheckpointManager) -> str:
+    newest = checkpoints.latest()
+    if newest is None:
+        return "no checkpoint was written before it"
+    return f"the newest checkpoint is {newest.name}; fix the recipe or the data before training again"
+
+
+def read_log(path: Path) -> list[dict]:
+    """The entries of log.jsonl; a line that is not a whole JSON object (the last one, cut off by
+    a kill during its write) is left out."""
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            entries.append(entry)
+    return entries
+
+
 class Trainer:
     """One training run; see the module docstring. `run()` returns a summary dict."""
 
@@ -82,6 +122,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.kill_after_step = kill_after_step
+        self.unusable_samples = 0
 
     # ------------------------------------------------------------------ setup
     def _accelerator(self):
@@ -147,7 +188,43 @@ class Trainer:
         if accelerator.is_main_process:
             for name, report in reports.items():
                 print(f"data {name}: {report.summary()}", flush=True)
+        records = self._check_records(records, accelerator)
         return InstructSegDataset(records, mask_size, skip_bad=data["skip_bad"])
+
+    def _check_records(self, records: list, accelerator) -> list:
+        """Check every distinct sample before training (dataset.check_record), each process a
+        share of them: an unusable one stops the run now, naming it, instead of when it is
+        drawn hours later; with data.skip_bad (--skip-bad) unusable ones are left out and counted."""
+        from instructsam_core.training.dataset import check_record
+
+        unique = list({id(record): record for record in records}.values())
+        rank, world = accelerator.process_index, accelerator.num_processes
+        share = range(rank, len(unique), world)
+        if accelerator.is_main_process and self.progress:
+            from tqdm import tqdm
+
+            share = tqdm(share, desc="check data", unit="sample", dynamic_ncols=True, leave=False)
+        found = [(index, reason) for index in share if (reason := check_record(unique[index])) is not None]
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            found = gather_object(found)
+        found.sort()
+        self.unusable_samples = len(found)
+        if not found:
+            return records
+        first = found[0][1]
+        if not self.recipe["data"]["skip_bad"]:
+            raise UserError(f"{len(found)} of {len(unique)} training samples cannot be used (first: {first}); "
+                            "fix them, or pass --skip-bad to leave them out")
+        bad = {id(unique[index]) for index, _ in found}
+        kept = [record for record in records if id(record) not in bad]
+        if not kept:
+            raise UserError(f"none of the {len(unique)} training samples can be used (first: {first})")
+        if accelerator.is_main_process:
+            print(f"left out {len(found)} of {len(unique)} training samples that cannot be used (first: {first})",
+                  flush=True)
+        return kept
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -191,11 +268,9 @@ class Trainer:
                                                                          global_batch)
 
         start_step, history = 0, []
-        latest = checkpoints.latest() if self.resume else None
-        if latest is not None:
-            start_step, history = self._load_checkpoint(latest, model, optimizer, group_names)
-            if accelerator.is_main_process:
-                print(f"resuming from {latest} (step {start_step} of {total_steps})", flush=True)
+        if self.resume:
+            start_step, history = self._resume(checkpoints, model, optimizer, group_names, total_steps,
+                                               accelerator.is_main_process)
         if accelerator.is_main_process:
             self._truncate_log(start_step)
             print(f"model: {counts['trainable'] / 1e6:.2f} M trainable, {counts['frozen'] / 1e6:.2f} M frozen; "
@@ -234,11 +309,16 @@ class Trainer:
         summary = self._loop(accelerator, model, optimizer, criterion, loader, sampler, total_steps, start_step,
                              history, checkpoints, group_names)
         accelerator.wait_for_everyone()
+        bad = _first_non_finite(model_setup.trainable_state(accelerator.unwrap_model(model)))
+        if bad is not None:  # the last update diverged: no final/ made of NaN
+            raise NonFiniteTraining(f"after step {summary['steps']} the weight {bad} is not finite; final/ was not "
+                                    f"written ({_newest_checkpoint_note(checkpoints)})")
         if accelerator.is_main_process:
             self._write_final(accelerator.unwrap_model(model), init_dir, lora is not None)
             plot_loss_curve(self.output / LOG_FILE, self.output / "loss_curve.png")
         accelerator.wait_for_everyone()
         summary["skipped_examples"] = int(sum(dataset.skipped.values()))
+        summary["unusable_samples"] = int(self.unusable_samples)
         summary["is_main_process"] = bool(accelerator.is_main_process)
         accelerator.end_training()
         return summary
@@ -266,79 +346,97 @@ class Trainer:
         last = {}
         step, micro = start_step, 0
         model.train()
-        for batch in loader:
-            seed = step_seed(recipe["seed"], step, micro, rank)
-            torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed + 1)
-            targets = batch.pop("targets")
-            batch.pop("sources")
-            labels = batch.pop("labels")
-            inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
-            targets = [t.to(accelerator.device) for t in targets]
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    out = model(**inputs)
-                losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
-                                   out.logits, labels.to(accelerator.device), generator=generator,
-                                   pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
-                                   semantic_logits=out.semantic_logits if self._uses_semantic else None,
-                                   presence_logits=out.presence_logits, region_logits=out.region_logits)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
-                    for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                        group["lr"] = base_lr * factor
-                    if max_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key in LOSS_KEYS:
-                sums[key] += float(losses[key].detach()) / accum
-            micro += 1
-            if micro < accum:
-                continue
-            micro = 0
-            step += 1
-            window += 1
-            if step % log_every == 0 or step == total_steps:
-                means = torch.tensor([sums[k] / window for k in LOSS_KEYS], device=accelerator.device)
-                means = accelerator.reduce(means, reduction="mean")
-                last = {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means)}
-                entry = {"step": step, "epoch": round(sampler.epoch_at(step), 4), **last,
-                         "lr": [g["lr"] for g in optimizer.param_groups], "elapsed_s": round(time.time() - started, 2)}
-                history.append(entry)
-                if accelerator.is_main_process:
-                    with open(self.output / LOG_FILE, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(entry) + "\n")
-                sums = {k: 0.0 for k in LOSS_KEYS}
-                window = 0
+        try:
+            for batch in loader:
+                seed = step_seed(recipe["seed"], step, micro, rank)
+                torch.manual_seed(seed)
+                generator = torch.Generator().manual_seed(seed + 1)
+                targets = batch.pop("targets")
+                batch.pop("sources")
+                labels = batch.pop("labels")
+                inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+                targets = [t.to(accelerator.device) for t in targets]
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = model(**inputs)
+                    losses = None
+                    if bool(torch.isfinite(out.pred_masks).all()) and bool(torch.isfinite(out.pred_logits).all()):
+                        losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
+                                           out.logits, labels.to(accelerator.device), generator=generator,
+                                           pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
+                                           semantic_logits=out.semantic_logits if self._uses_semantic else None,
+                                           presence_logits=out.presence_logits, region_logits=out.region_logits)
+                    # Every rank learns whether any rank went non-finite before anyone steps or
+                    # waits in backward's all-reduce, so they all stop together.
+                    self._stop_if_not_finite(accelerator, losses, step + 1, checkpoints)
+                    accelerator.backward(losses["loss"])
+                    if accelerator.sync_gradients:
+                        factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
+                        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                            group["lr"] = base_lr * factor
+                        if max_norm:
+                            norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                            # gradients are already averaged over ranks here: every rank sees the same norm
+                            if norm is not None and not math.isfinite(float(norm)):
+                                raise NonFiniteTraining(
+                                    f"step {step + 1}: the gradient norm is {float(norm)} (the loss was finite); "
+                                    f"stopped before updating the weights, so nothing of this step was saved "
+                                    f"({_newest_checkpoint_note(checkpoints)})")
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for key in LOSS_KEYS:
+                    sums[key] += float(losses[key].detach()) / accum
+                micro += 1
+                if micro < accum:
+                    continue
+                micro = 0
+                step += 1
+                window += 1
+                if step % log_every == 0 or step == total_steps:
+                    means = torch.tensor([sums[k] / window for k in LOSS_KEYS], device=accelerator.device)
+                    means = accelerator.reduce(means, reduction="mean")
+                    last = {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means)}
+                    entry = {"step": step, "epoch": round(sampler.epoch_at(step), 4), **last,
+                             "lr": [g["lr"] for g in optimizer.param_groups], "elapsed_s": round(time.time() - started, 2)}
+                    history.append(entry)
+                    if accelerator.is_main_process:
+                        with open(self.output / LOG_FILE, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(entry) + "\n")
+                    sums = {k: 0.0 for k in LOSS_KEYS}
+                    window = 0
+                    if bar is not None:
+                        hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
+                                  or (k == "semantic" and not self._uses_semantic)
+                                  or (k == "presence" and not self._uses_presence)
+                                  or (k == "outside" and not self._uses_outside)}
+                        shown = {k: v for k, v in last.items() if k not in hidden}
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
                 if bar is not None:
-                    hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
-                              or (k == "semantic" and not self._uses_semantic)
-                              or (k == "presence" and not self._uses_presence)
-                              or (k == "outside" and not self._uses_outside)}
-                    shown = {k: v for k, v in last.items() if k not in hidden}
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+                    bar.update(1)
+                if step % every == 0 and step < total_steps:
+                    self._save_checkpoint(accelerator, checkpoints, model, optimizer, step, history, group_names)
+                if self.kill_after_step is not None and step == self.kill_after_step:
+                    # Test hook: die like a killed job (no cleanup, no final checkpoint).
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
             if bar is not None:
-                bar.update(1)
-            if step % every == 0 and step < total_steps:
-                self._save_checkpoint(accelerator, checkpoints, model, optimizer, step, history, group_names)
-            if self.kill_after_step is not None and step == self.kill_after_step:
-                # Test hook: die like a killed job (no cleanup, no final checkpoint).
-                os.kill(os.getpid(), signal.SIGKILL)
-        if bar is not None:
-            bar.close()
+                bar.close()
         return {"steps": step, "final": last, "elapsed_s": round(time.time() - started, 2),
                 "session_s": round(time.time() - started - before, 2)}
 
     # ------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, accelerator, checkpoints, model, optimizer, step, history, group_names) -> None:
         accelerator.wait_for_everyone()
+        # Every rank holds the same weights, so every rank reaches the same verdict (none waits alone).
+        trainable = model_setup.trainable_state(accelerator.unwrap_model(model))
+        bad = _first_non_finite(trainable)
+        if bad is not None:
+            raise NonFiniteTraining(f"step {step}: the weight {bad} is not finite; no checkpoint was written "
+                                    f"({_newest_checkpoint_note(checkpoints)})")
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
 
             def write(directory: Path) -> None:
-                save_tensors(model_setup.trainable_state(unwrapped), directory / "trainable.safetensors")
+                save_tensors(trainable, directory / "trainable.safetensors")
                 save_state(optimizer.state_dict(), directory, "optimizer")
                 write_json(directory / STATE_FILE, {
                     "step": step, "fingerprint": self.recipe.fingerprint(), "history": history,
@@ -348,25 +446,93 @@ class Trainer:
             checkpoints.save(step, write)
         accelerator.wait_for_everyone()
 
+    def _resume(self, checkpoints, model, optimizer, group_names, total_steps, is_main) -> tuple[int, list]:
+        """Load the newest intact checkpoint; a damaged one is reported and the next older tried."""
+        found = checkpoints.list()
+        damaged = []
+        for _, path in reversed(found):
+            try:
+                start_step, history = self._load_checkpoint(path, model, optimizer, group_names)
+            except CheckpointDamaged as error:
+                damaged.append(f"{path.name}: {error}")
+                if is_main:
+                    print(f"checkpoint {path} is damaged ({error}); trying an older one", flush=True)
+                continue
+            if is_main:
+                note = " (the newest intact one)" if damaged else ""
+                print(f"resuming from {path}{note} (step {start_step} of {total_steps})", flush=True)
+            return start_step, history
+        if damaged:
+            raise UserError(f"no intact checkpoint to resume from in {checkpoints.root} ({'; '.join(damaged)}); "
+                            "delete the damaged ones to start from step 0, or choose another --output")
+        return 0, []
+
     def _load_checkpoint(self, path: Path, model, optimizer, group_names) -> tuple[int, list]:
+        """Verify `path` against its manifest, read and check everything, then load it.
+        Damage of any kind is a `CheckpointDamaged`; a checkpoint of another run a `UserError`."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = json.loads((path / STATE_FILE).read_text())
+        verify(path, required=("trainable.safetensors", "optimizer.safetensors", "optimizer.json", STATE_FILE))
+        try:
+            state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointDamaged(f"{STATE_FILE} is not valid JSON") from None
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+                or not isinstance(state.get("history", []), list):
+            raise CheckpointDamaged(f"{STATE_FILE} lacks its step or history")
         if state.get("fingerprint") != self.recipe.fingerprint():
             raise UserError(f"checkpoint {path} was written by another recipe; resume with the same recipe")
         names = [[model_setup.plain_name(n) for n in group] for group in group_names]
         if state.get("group_names") != names:
             raise UserError(f"checkpoint {path}: optimizer groups do not match the model's parameters")
-        model_setup.load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
-        optimizer.load_state_dict(load_state(path, "optimizer"))
+        try:
+            trainable = load_file(str(path / "trainable.safetensors"))
+            optimizer_state = load_state(path, "optimizer")
+        except (SafetensorError, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointDamaged(f"cannot read its tensors ({str(error).splitlines()[0][:200]})") from None
+        bad = _first_non_finite(trainable)
+        if bad is not None:
+            raise CheckpointDamaged(f"the weight {bad} holds NaN or infinite values")
+        optimizer_tensors, _ = flatten_state(optimizer_state)
+        bad = _first_non_finite(optimizer_tensors)
+        if bad is not None:
+            raise CheckpointDamaged(f"the optimizer state {bad} holds NaN or infinite values")
+        try:
+            model_setup.load_trainable_state(model, trainable)
+        except UserError as error:
+            raise CheckpointDamaged(str(error)) from None
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            raise CheckpointDamaged(f"its optimizer state does not fit the model ({str(error)[:200]})") from None
         return int(state["step"]), list(state.get("history", []))
 
+    def _stop_if_not_finite(self, accelerator, losses, step: int, checkpoints) -> None:
+        """Raise `NonFiniteTraining` on every rank when any rank's outputs or loss are not finite."""
+        finite = losses is not None and bool(torch.isfinite(losses["loss"]).all())
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+            finite = float(accelerator.reduce(flag, reduction="sum")) == 0.0
+        if finite:
+            return
+        if losses is None:
+            what = "the model's outputs are not finite (its weights have diverged)"
+        elif bool(torch.isfinite(losses["loss"]).all()):
+            what = "the loss is not finite on another process"
+        else:
+            terms = ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_KEYS[1:] if k in losses)
+            what = f"the loss is {float(losses['loss'].detach())} ({terms})"
+        raise NonFiniteTraining(f"step {step}: {what}; stopped before updating the weights, so nothing of this "
+                                f"step was saved ({_newest_checkpoint_note(checkpoints)})")
+
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines past the resumed step (they were written after the last checkpoint)."""
+        """Drop log lines past the resumed step (they were written after the last checkpoint) and a
+        last line cut off by a kill."""
         log = self.output / LOG_FILE
         if not log.is_file():
             return
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [json.dumps(entry) for entry in read_log(log) if entry["step"] <= step]
         log.write_text("".join(line + "\n" for line in kept))
 
     # ----------------------------------------------------------------- final
@@ -409,7 +575,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     """Total and per-term loss against step, from log.jsonl."""
     if not log_path.is_file():
         return
-    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    entries = read_log(log_path)
     if not entries:
         return
     import matplotlib
