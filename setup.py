@@ -37,7 +37,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["instructsam_core", "instructsam_core.*", "instructsam_ros", "instructsam_ros.*"]),
     include_package_data=True,
-    package_data={"instructsam_core": ["default_model/*", "assets/*"], "instructsam_ros": ["config/*"]},
+    package_data={"instructsam_core": ["default_model/*", "default_model/sam3/*", "assets/*"], "instructsam_ros": ["config/*"]},
     install_requires=CORE_REQUIREMENTS,
     extras_require=EXTRAS,
     entry_points={

@@ -96,7 +96,7 @@ def run_benchmark(
     sam_pixels = prompt["sam_pixel_values"]
     features = model.encode_sam_images(sam_pixels)
     states = generation_vlm().query_states
-    ids, mask = model.pad_phrases([processor._encode(phrase)])
+    ids, mask = model.sam3_prompt([processor._encode(phrase)])
     index = torch.zeros(1, dtype=torch.long, device=device)
     detected = model.detect(states, ids, mask, features, index, sam_pixels)
     scores, masks = predictor.scores(detected).cpu(), detected.pred_masks.float()

@@ -48,9 +48,9 @@ def generate_queries(
     if input_ids.shape[0] != 1:
         raise ValueError("generation runs one prompt at a time")
     config = model.config
-    seg, ref_start, ref_end = config.seg_token_id, config.ref_start_token_id, config.ref_end_token_id
+    seg, ref_start, ref_end = config.seg_token_index, config.ref_start_token_index, config.ref_end_token_index
     stop = {config.im_end_token_id, getattr(config.text_config, "eos_token_id", None)} - {None}
-    block_tail = [config.mask_start_token_id] + [seg] * config.num_queries_per_phrase + [config.mask_end_token_id]
+    block_tail = [config.seg_start_token_index] + [seg] * config.max_seg_nums + [config.seg_end_token_index]
     forced = list(forced_ids or [])
 
     result = GenerationResult()
@@ -79,8 +79,8 @@ def generate_queries(
         hidden = model.run_language_model(step_embeds, ids, step_positions, None, cache)
         result.step_seconds.append((len(step), clock.lap()))
         if len(step) > 1:
-            states.append(hidden[0, 2 : 2 + config.num_queries_per_phrase])
-            result.phrases.append(phrase[: config.max_phrase_tokens])
+            states.append(hidden[0, 2 : 2 + config.max_seg_nums])
+            result.phrases.append(phrase)
             phrase_start = len(result.token_ids)
     if states:
         result.query_states = torch.stack(states)

@@ -28,12 +28,23 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VL
 from instructsam_core.attention import hybrid_attention_mask, seg_runs
 from instructsam_core.configuration import InstructSamConfig
 from instructsam_core.errors import CheckpointError
+from instructsam_core.model_directory import check_weight_files, load_model_config
 from instructsam_core.region_head import RegionScoreHead
+from instructsam_core.sam3_config import SAM3_SUBDIR, write_sam3_config_dir
 from instructsam_core.sam3_detector import UNUSED_SAM3_KEY_PATTERNS, DetectorOutput, GroundingModel, projector_mlp
 
 GROUNDING_PREFIX = r"model\.grounding_model\.model\."
 # Checkpoint keys that may be present or absent without changing the model (see sam3_detector).
 IGNORED_CHECKPOINT_KEYS = tuple(GROUNDING_PREFIX + pattern for pattern in UNUSED_SAM3_KEY_PATTERNS)
+# Short names of the answer-layout tokens -> the release's config fields holding their ids.
+_TOKEN_FIELDS = {
+    "seg": "seg_token_index",
+    "mask_start": "seg_start_token_index",
+    "mask_end": "seg_end_token_index",
+    "ref_start": "ref_start_token_index",
+    "ref_end": "ref_end_token_index",
+    "im_end": "im_end_token_id",
+}
 
 
 @dataclass
@@ -70,11 +81,11 @@ class InstructSamBackbone(Qwen3VLModel):
     def __init__(self, config: InstructSamConfig):
         super().__init__(config)
         hidden = config.text_config.hidden_size
-        self.mask_queries = nn.Parameter(torch.zeros(config.num_queries_per_phrase, hidden))
+        self.mask_queries = nn.Parameter(torch.zeros(config.max_seg_nums, hidden))
         # ModuleList of one: the release's key layout is `mask_hidden_fcs.0.{0,2}`.
-        self.mask_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
-        self.text_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.projector_dim)])
-        self.grounding_model = GroundingModel(config.sam3_config, presence_head=config.presence_head)
+        self.mask_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.out_dim)])
+        self.text_hidden_fcs = nn.ModuleList([projector_mlp(hidden, config.out_dim)])
+        self.grounding_model = GroundingModel(config.sam3_config, config.presence_token, config.presence_head)
         if config.region_head:
             self.region_head = RegionScoreHead(hidden)
         self.post_init()
@@ -105,32 +116,55 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *args, strict: bool = True, **kwargs):  # type: ignore[override]
-        """Load a local model directory (safetensors only; nothing is downloaded).
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        model_dir: str | Path,
+        *args,
+        strict: bool = True,
+        sam3_config: str | Path | None = None,
+        **kwargs,
+    ):
+        """Load a local model directory as the authors' release writes it (nothing is downloaded).
 
-        Unlike the transformers default, which only warns, a checkpoint whose keys do not match
-        the architecture is an error listing the missing and unexpected keys. Keys of SAM3 parts
-        InstructSAM does not use (CLIP text encoder, geometry encoder, presence head) are ignored.
+        config.json is checked before anything is built (model_directory.py); SAM3's architecture
+        comes from `sam3_config` (a directory), else from `mask_decoder_model`, else the copy a
+        directory written here carries, else the published sizes (sam3_config.py). Weights are
+        safetensors only. Unlike the transformers default, which only warns, missing, unexpected
+        or mis-shaped keys are a `CheckpointError` that lists them.
         """
         model_dir = Path(model_dir)
-        if not any(model_dir.glob("*.safetensors")):
-            raise CheckpointError(f"{model_dir} holds no *.safetensors weights")
+        check_weight_files(model_dir)
+        config, sam3_source = load_model_config(model_dir, sam3_config)
         kwargs.setdefault("attn_implementation", "sdpa")
-        model, info = super().from_pretrained(
-            model_dir, *args, local_files_only=True, use_safetensors=True, output_loading_info=True, **kwargs
-        )
+        try:
+            model, info = super().from_pretrained(
+                model_dir, *args, config=config, local_files_only=True, use_safetensors=True,
+                output_loading_info=True, ignore_mismatched_sizes=True, **kwargs,
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"cannot load the weights in {model_dir}: {str(error).splitlines()[0]}") from None
         missing = sorted(info.get("missing_keys", []))
         unexpected = sorted(info.get("unexpected_keys", []))
         mismatched = sorted(str(item) for item in info.get("mismatched_keys", []))
         if strict and (missing or unexpected or mismatched):
-            raise CheckpointError(_key_report(model_dir, missing, unexpected, mismatched))
+            raise CheckpointError(_key_report(model_dir, missing, unexpected, mismatched, sam3_source))
         return model
+
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:  # type: ignore[override]
+        """Write what the release reads: its config.json fields and key layout, plus the SAM3 config
+        as its own directory (`sam3/`), named by `mask_decoder_model` with an absolute path because
+        the authors' code opens that path as given. Loading here falls back to `sam3/` when the
+        recorded path does not exist (another machine)."""
+        directory = Path(save_directory)
+        sam3_dir = write_sam3_config_dir(self.config.sam3_config, directory / SAM3_SUBDIR).resolve()
+        self.config.mask_decoder_model = self.config.mm_mask_decoder = str(sam3_dir)
+        super().save_pretrained(directory, *args, **kwargs)
 
     # ------------------------------------------------------------ token layout
     def _token_id(self, name: str) -> int:
-        value = getattr(self.config, f"{name}_token_id")
+        value = getattr(self.config, _TOKEN_FIELDS[name])
         if value is None:
-            raise CheckpointError(f"config has no {name}_token_id; load the model through InstructSamProcessor")
+            raise CheckpointError(f"config has no {_TOKEN_FIELDS[name]}; load the model through InstructSamProcessor")
         return int(value)
 
     def embed_tokens(
@@ -160,9 +194,9 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         is_seg = input_ids == self._token_id("seg")
         if bool(is_seg.any()):
             _, offset = seg_runs(is_seg)
-            if int(offset.max()) >= self.config.num_queries_per_phrase:
+            if int(offset.max()) >= self.config.max_seg_nums:
                 raise ValueError(
-                    f"a [SEG] run is longer than the {self.config.num_queries_per_phrase} instance queries"
+                    f"a [SEG] run is longer than the {self.config.max_seg_nums} instance queries"
                 )
             queries = backbone.mask_queries.to(embeds.dtype)[offset]
             embeds = torch.where(is_seg.unsqueeze(-1), queries, embeds)
@@ -193,10 +227,8 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         return out.last_hidden_state
 
     def phrase_tokens(self, input_ids: torch.Tensor) -> tuple[list[list[int]], list[int]]:
-        """For every query block (row-major), the phrase tokens between the ref markers before it.
-
-        The markers themselves are left out, in training and inference alike.
-        """
+        """For every query block (row-major), the phrase tokens between the ref markers before it
+        (markers excluded), and the batch row of the block."""
         seg, ref_start, ref_end = self._token_id("seg"), self._token_id("ref_start"), self._token_id("ref_end")
         phrases: list[list[int]] = []
         rows: list[int] = []
@@ -208,11 +240,20 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
                 start = _last_index(ids, ref_start, end) if end >= 0 else -1
                 if start < 0 or end - start < 2:
                     raise ValueError(f"query block at row {row}, position {position} has no phrase before it")
-                phrases.append(ids[start + 1 : end][: self.config.max_phrase_tokens])
+                phrases.append(ids[start + 1 : end])
                 rows.append(row)
         return phrases, rows
 
-    def pad_phrases(self, phrases: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sam3_prompt(self, phrases: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM3's prompt tokens [P, T] (zero-padded) and validity mask [P, T] for bare phrases.
+
+        `config.phrase_prompt` "ref_markers" (the release's inference): `[ref_start] + phrase +
+        [ref_end]`; "bare": the phrase alone. Either is cut to `max_phrase_tokens`.
+        """
+        if self.config.phrase_prompt == "ref_markers":
+            ref_start, ref_end = self._token_id("ref_start"), self._token_id("ref_end")
+            phrases = [[ref_start, *phrase, ref_end] for phrase in phrases]
+        phrases = [phrase[: self.config.max_phrase_tokens] for phrase in phrases]
         device = self.lm_head.weight.device
         length = max(len(p) for p in phrases)
         ids = torch.zeros(len(phrases), length, dtype=torch.long, device=device)
@@ -295,12 +336,12 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         is_seg = input_ids == self._token_id("seg")
         if not bool(is_seg.any()):
             return output
-        queries = self.config.num_queries_per_phrase
+        queries = self.config.max_seg_nums
         if int(is_seg.sum()) % queries:
             raise ValueError(f"every query block must hold exactly {queries} [SEG] tokens")
         output.query_states = hidden[is_seg].reshape(-1, queries, hidden.shape[-1])
         phrases, rows = self.phrase_tokens(input_ids)
-        output.phrase_ids, output.phrase_mask = self.pad_phrases(phrases)
+        output.phrase_ids, output.phrase_mask = self.sam3_prompt(phrases)
         output.phrase_row = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
         if sam_pixel_values is not None:
             features = self.encode_sam_images(sam_pixel_values)
@@ -325,13 +366,14 @@ def _last_index(ids: list[int], token: int, before: int) -> int:
     return -1
 
 
-def _key_report(model_dir: Path, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+def _key_report(model_dir: Path, missing: list[str], unexpected: list[str], mismatched: list[str], sam3_source: str) -> str:
     def listing(title: str, keys: list[str]) -> str:
         shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
         return f"{title}: {shown}"
 
     parts = [listing(t, k) for t, k in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if k]
-    return f"weights in {model_dir} do not match the InstructSAM architecture in its config.json; " + "; ".join(parts)
+    return (f"weights in {model_dir} do not match the InstructSAM architecture of its config.json "
+            f"(SAM3 from {sam3_source}; --sam3-config DIR names another): " + "; ".join(parts))
 
 
 __all__ = ["InstructSamForSegmentation", "InstructSamOutput", "InstructSamBackbone", "IGNORED_CHECKPOINT_KEYS"]

@@ -161,12 +161,14 @@ class Predictor:
         model_dir: str | Path,
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
+        sam3_config: str | Path | None = None,
         **kwargs,
     ) -> "Predictor":
-        """Load `model_dir` (or `default`, the embedded model) onto `device`."""
+        """Load `model_dir` (or `default`, the embedded model) onto `device`; `sam3_config` names a
+        SAM3 config directory that overrides where SAM3's architecture comes from (sam3_config.py)."""
         path = resolve_model_dir(model_dir)
         device = check_device(device)
-        model = InstructSamForSegmentation.from_pretrained(path, dtype=pick_dtype(device, dtype))
+        model = InstructSamForSegmentation.from_pretrained(path, dtype=pick_dtype(device, dtype), sam3_config=sam3_config)
         processor = InstructSamProcessor.from_pretrained(path, model.config)
         return cls(model.to(device), processor, **kwargs)
 
@@ -231,8 +233,8 @@ class Predictor:
     # ------------------------------------------------------------------ paths
     def _single_forward(self, arrays, instructions, phrase_lists, indices, timings):
         with self._timed(timings, "preprocess"):
-            batch = self.processor(arrays, instructions, phrases=phrase_lists)
-            batch = {k: v.to(self.device) for k, v in batch.items() if k not in ("labels", "image_sizes")}
+            batch = self.processor(arrays, instructions, phrases=phrase_lists, device=self.device)
+            batch = {k: v for k, v in batch.items() if k not in ("labels", "image_sizes")}
         sam_pixel_values = batch.pop("sam_pixel_values")
         with self._timed(timings, "vlm"):
             out = self.model(**batch, compute_logits=False)
@@ -248,8 +250,7 @@ class Predictor:
 
     def _generate(self, array, instruction, timings):
         with self._timed(timings, "preprocess"):
-            batch = self.processor([array], [instruction])
-            batch = {k: v.to(self.device) for k, v in batch.items() if k != "image_sizes"}
+            batch = self.processor([array], [instruction], device=self.device)
         with self._timed(timings, "vlm"):
             result = generate_queries(
                 self.model, batch["input_ids"], batch["pixel_values"].to(self.model.dtype), batch["image_grid_thw"],
@@ -257,10 +258,10 @@ class Predictor:
             )
         answer = self.processor.decode(result.token_ids)
         if result.query_states is None:
-            empty = torch.zeros(0, self.model.config.num_queries_per_phrase)
+            empty = torch.zeros(0, self.model.config.max_seg_nums)
             return [], answer, empty, empty[:, :, None, None]
         names = [T.normalize_phrase(self.processor.decode(p)) for p in result.phrases]
-        ids, mask = self.model.pad_phrases(result.phrases)
+        ids, mask = self.model.sam3_prompt(result.phrases)
         index = torch.zeros(len(names), dtype=torch.long, device=self.device)
         scores, masks = self._detect(result.query_states, ids, mask, index, batch["sam_pixel_values"], timings)
         return names, answer, scores, masks

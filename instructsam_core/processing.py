@@ -1,23 +1,23 @@
 """InstructSamProcessor: image + instruction (+ answer) -> the tensors the model takes.
 
-Two image branches (reference-design.md, "Preprocessing"): Qwen3-VL's dynamic-resolution
-patches for the VLM, and a 1008x1008 (config's size) non-aspect-preserving resize with mean/std
-0.5 for SAM3. The SAM3 resize is done here with OpenCV because transformers' Sam3Processor needs
-torchvision, which does not install next to the CPU torch (docs/architecture.md).
+Two image branches, both as the release's fast image processors compute them
+(image_preprocessing.py, in torch, on the model's device): Qwen3-VL's dynamic-resolution patches
+for the VLM, and SAM3's square input. Token ids come from the tokenizer and are cross-checked
+against the config's `*_token_index` fields.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2VLImageProcessorPil
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from instructsam_core import tokens as T
 from instructsam_core.configuration import InstructSamConfig
 from instructsam_core.errors import CheckpointError
+from instructsam_core.image_preprocessing import image_tensor, qwen_pixels, sam3_pixels
 from instructsam_core.images import as_rgb_array
 
 IGNORE_INDEX = -100
@@ -29,7 +29,7 @@ def write_preprocessor_config(
 ) -> None:
     """Qwen-style preprocessor_config.json, read back by `InstructSamProcessor.from_pretrained`."""
     config = {
-        "image_processor_type": "Qwen2VLImageProcessor",
+        "image_processor_type": "Qwen2VLImageProcessorFast",
         "patch_size": patch_size,
         "merge_size": merge_size,
         "temporal_patch_size": 2,
@@ -38,6 +38,39 @@ def write_preprocessor_config(
         "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
     }
     Path(model_dir, PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_preprocessor_config(model_dir: Path) -> dict:
+    """Pixel budget and mean/std of a model directory's preprocessor_config.json (Qwen's defaults
+    where a field is absent)."""
+    path = model_dir / PREPROCESSOR_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    size = raw.get("size") or {}
+    settings = {
+        "min_pixels": size.get("shortest_edge", raw.get("min_pixels")),
+        "max_pixels": size.get("longest_edge", raw.get("max_pixels")),
+        "image_mean": raw.get("image_mean"),
+        "image_std": raw.get("image_std"),
+    }
+    settings = {key: value for key, value in settings.items() if value is not None}
+    for key in ("min_pixels", "max_pixels"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 30):
+            raise CheckpointError(f"{path}: {key} must be a positive integer, got {value!r}")
+    for key in ("image_mean", "image_std"):
+        value = settings.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3
+                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                                      and (key == "image_mean" or all(v > 0 for v in value))):
+            raise CheckpointError(f"{path}: {key} must be three numbers{' > 0' if key == 'image_std' else ''}, got {value!r}")
+    return settings
 
 
 class InstructSamProcessor:
@@ -49,18 +82,22 @@ class InstructSamProcessor:
         config: InstructSamConfig,
         min_pixels: int = 64 * 32 * 32,
         max_pixels: int = 1280 * 32 * 32,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
     ):
         self.tokenizer = tokenizer
         self.config = config
         vision = config.vision_config
         self.patch_size = int(vision.patch_size)
         self.merge_size = int(vision.spatial_merge_size)
+        self.temporal_patch_size = int(getattr(vision, "temporal_patch_size", 2))
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
+        self.image_mean = list(image_mean or [0.5, 0.5, 0.5])
+        self.image_std = list(image_std or [0.5, 0.5, 0.5])
         self.sam_image_size = config.sam3_image_size
-        self.num_queries = config.num_queries_per_phrase
-        self._image_processors: dict[int, Qwen2VLImageProcessorPil] = {}
-        self.token_ids = {tok: self._require_token(tok) for tok in (*T.ADDED_TOKENS, T.REF_START, T.REF_END, T.IM_END, T.IMAGE_PAD)}
+        self.num_queries = config.max_seg_nums
+        self.token_ids = {tok: self._require_token(tok) for tok in (*T.REQUIRED_ADDED_TOKENS, T.REF_START, T.REF_END, T.IM_END, T.IMAGE_PAD)}
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.token_ids[T.IM_END]
         self._fill_config_token_ids()
         self._prompt_head = self._encode(f"{T.IM_START}user\n{T.VISION_START}")
@@ -72,37 +109,40 @@ class InstructSamProcessor:
         """Tokenizer and preprocessor settings from a local model directory (never downloads)."""
         model_dir = Path(model_dir)
         if config is None:
-            config = InstructSamConfig.from_pretrained(model_dir, local_files_only=True)
+            from instructsam_core.model_directory import load_model_config
+
+            config, _ = load_model_config(model_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"cannot load the tokenizer in {model_dir}: {error}") from None
-        # The released tokenizer may lack InstructSAM's tokens; Qwen's spare rows take them.
+        except (OSError, ValueError, TypeError) as error:
+            raise CheckpointError(f"cannot load the tokenizer in {model_dir}: {str(error).splitlines()[0]}") from None
+        # A plain Qwen tokenizer may lack InstructSAM's tokens; Qwen's spare rows take them, in the
+        # release's order. The ids are then cross-checked against config.json.
         missing = [tok for tok in T.ADDED_TOKENS if tok not in tokenizer.get_vocab()]
-        if missing:
+        if missing and any(tok in T.REQUIRED_ADDED_TOKENS for tok in missing):
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-        settings = {}
-        path = model_dir / PREPROCESSOR_FILE
-        if path.is_file():
-            raw = json.loads(path.read_text())
-            size = raw.get("size") or {}
-            settings["min_pixels"] = size.get("shortest_edge", raw.get("min_pixels", 64 * 32 * 32))
-            settings["max_pixels"] = size.get("longest_edge", raw.get("max_pixels", 1280 * 32 * 32))
-        return cls(tokenizer, config, **settings)
+        return cls(tokenizer, config, **read_preprocessor_config(model_dir))
 
     # ------------------------------------------------------------------ tokens
     def _fill_config_token_ids(self) -> None:
-        """A Qwen3-VL-style config.json may not name InstructSAM's token ids: take them from the
-        tokenizer (the config object is shared with the model, so the model sees them too)."""
-        fields = {"seg_token_id": T.SEG, "mask_start_token_id": T.MASK_START, "mask_end_token_id": T.MASK_END,
-                  "ref_start_token_id": T.REF_START, "ref_end_token_id": T.REF_END, "im_end_token_id": T.IM_END}
-        for field_name, token in fields.items():
+        """Token ids come from the tokenizer; a config field that names another id is an error.
+
+        A config.json without a field gets it from the tokenizer (the config object is shared with
+        the model, so the model sees it too). `<REGION>` is checked only where both know it.
+        """
+        fields = {"seg_token_index": T.SEG, "seg_start_token_index": T.MASK_START, "seg_end_token_index": T.MASK_END,
+                  "ref_start_token_index": T.REF_START, "ref_end_token_index": T.REF_END, "im_end_token_id": T.IM_END}
+        region = self.tokenizer.get_vocab().get(T.REGION)
+        checks = [(field_name, token, self.token_ids[token]) for field_name, token in fields.items()]
+        if region is not None:
+            checks.append(("region_token_index", T.REGION, int(region)))
+        for field_name, token, token_id in checks:
             if getattr(self.config, field_name) is None:
-                setattr(self.config, field_name, self.token_ids[token])
-            elif getattr(self.config, field_name) != self.token_ids[token]:
+                setattr(self.config, field_name, token_id)
+            elif getattr(self.config, field_name) != token_id:
                 raise CheckpointError(
                     f"config.json says {field_name} = {getattr(self.config, field_name)} but the tokenizer maps "
-                    f"{token} to {self.token_ids[token]}"
+                    f"{token} to {token_id}"
                 )
 
     def _require_token(self, token: str) -> int:
@@ -144,33 +184,16 @@ class InstructSamProcessor:
         return self._prompt_head + [self.token_ids[T.IMAGE_PAD]] * num_image_tokens + tail
 
     # ------------------------------------------------------------------ images
-    def _image_processor(self) -> Qwen2VLImageProcessorPil:
-        processor = self._image_processors.get(self.max_pixels)
-        if processor is None:
-            processor = Qwen2VLImageProcessorPil(
-                patch_size=self.patch_size,
-                merge_size=self.merge_size,
-                temporal_patch_size=2,
-                image_mean=[0.5, 0.5, 0.5],
-                image_std=[0.5, 0.5, 0.5],
-                size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
-            )
-            self._image_processors = {self.max_pixels: processor}
-        return processor
-
-    def vlm_pixels(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Qwen3-VL patches for all images, concatenated, and their (t, h, w) grids."""
-        out = self._image_processor()(images=images, return_tensors="pt")
-        return out["pixel_values"], out["image_grid_thw"]
-
-    def sam_pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        """[N, 3, S, S] float32: resized without keeping the aspect ratio, scaled to [-1, 1]."""
-        size = self.sam_image_size
-        batch = np.empty((len(images), size, size, 3), dtype=np.float32)
-        for i, image in enumerate(images):
-            batch[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-        batch = batch / 127.5 - 1.0
-        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+    def pixels(self, images: list[np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Both image branches for RGB uint8 arrays, computed on `device`: Qwen3-VL patches
+        (`pixel_values`, `image_grid_thw`) and SAM3's square input (`sam_pixel_values`)."""
+        tensors = [image_tensor(image, device) for image in images]
+        pixel_values, grid = qwen_pixels(
+            tensors, self.patch_size, self.merge_size, self.temporal_patch_size, self.min_pixels, self.max_pixels,
+            self.image_mean, self.image_std,
+        )
+        return {"pixel_values": pixel_values, "image_grid_thw": grid.to(pixel_values.device),
+                "sam_pixel_values": sam3_pixels(tensors, self.sam_image_size)}
 
     # ------------------------------------------------------------------- batch
     def __call__(
@@ -179,8 +202,9 @@ class InstructSamProcessor:
         instructions: list[str],
         answers: list[str | None] | None = None,
         phrases: list[list[str]] | None = None,
+        device: torch.device | str = "cpu",
     ) -> dict[str, torch.Tensor]:
-        """Encode a batch; row b holds image b and instruction b.
+        """Encode a batch; row b holds image b and instruction b. Tensors are made on `device`.
 
         `answers` (assistant text in the answer layout) are appended with labels for training;
         `phrases` build that layout from target phrases (the single-forward inference path).
@@ -193,11 +217,12 @@ class InstructSamProcessor:
         if phrases is not None:
             answers = [T.answer_for_phrases(p, self.num_queries) for p in phrases]
         arrays = [as_rgb_array(image) for image in images]
-        pixel_values, grid = self.vlm_pixels(arrays)
+        batch = self.pixels(arrays, device)
+        grid = batch["image_grid_thw"].tolist()
         merge = self.merge_size**2
         rows, label_rows = [], []
         for b, instruction in enumerate(instructions):
-            prompt = self.prompt_ids(instruction, int(grid[b].prod()) // merge)
+            prompt = self.prompt_ids(instruction, grid[b][0] * grid[b][1] * grid[b][2] // merge)
             answer = self.answer_ids(answers[b]) if answers is not None and answers[b] is not None else []
             rows.append(prompt + answer)
             label_rows.append([IGNORE_INDEX] * len(prompt) + self._labels(answer))
@@ -209,17 +234,14 @@ class InstructSamProcessor:
             input_ids[b, : len(row)] = torch.tensor(row)
             attention_mask[b, : len(row)] = 1
             labels[b, : len(row)] = torch.tensor(label_row)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "mm_token_type_ids": (input_ids == self.token_ids[T.IMAGE_PAD]).int(),
-            "pixel_values": pixel_values,
-            "image_grid_thw": grid,
-            "sam_pixel_values": self.sam_pixels(arrays),
+        batch.update({
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "mm_token_type_ids": (input_ids == self.token_ids[T.IMAGE_PAD]).int().to(device),
             "image_sizes": torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long),
-        }
+        })
         if answers is not None:
-            batch["labels"] = labels
+            batch["labels"] = labels.to(device)
         return batch
 
     def _labels(self, answer: list[int]) -> list[int]:

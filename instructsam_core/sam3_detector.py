@@ -1,13 +1,15 @@
 """SAM3's detector driven by instance queries from the VLM instead of its own learned queries.
 
-Built from the stock transformers SAM3 modules so that released SAM3 weights load under their
-usual keys (`vision_encoder.*`, `detr_encoder.*`, `detr_decoder.*`, `mask_decoder.*`,
+Built from the stock transformers SAM3 modules so that released weights load under their usual
+keys (`vision_encoder.*`, `detr_encoder.*`, `detr_decoder.*`, `mask_decoder.*`,
 `dot_product_scoring.*`). What InstructSAM does not use is not built: the CLIP text encoder and
-its projection (the phrase encoder MLP replaces them), the geometry encoder (no box/point
-prompts) and, as in the release, the presence head (score = sigmoid(pred_logits)). The presence
-*token* stays in the decoder's query sequence, because every stock decoder layer expects it at
-position 0. `presence_head=True` keeps SAM3's head on that token (a from-scratch option: score =
-sigmoid(pred_logits) * sigmoid(presence logit), as in SAM3 itself).
+its projection (the phrase projector replaces them) and the geometry encoder (no box/point
+prompts). As in the release, the DETR decoder has no presence token and no presence head: its
+query sequence is just the instance queries, and score = sigmoid(pred_logits).
+
+`presence_token=True` (a from-scratch option, not the release) keeps stock SAM3's presence token
+at the head of the query sequence, and `presence_head=True` its head on that token (score times
+sigmoid(presence logit), as in SAM3 itself); this project's earlier models were trained with them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from transformers import Sam3Config
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.sam3.modeling_sam3 import (
     Sam3DetrDecoder,
+    Sam3DetrDecoderLayer,
     Sam3DetrEncoder,
     Sam3DotProductScoring,
     Sam3MaskDecoder,
@@ -35,25 +38,26 @@ UNUSED_SAM3_KEY_PATTERNS = (
     r"text_encoder\.",
     r"text_projection\.",
     r"geometry_encoder\.",
-    r"detr_decoder\.presence_(head|layer_norm)\.",
 )
 
 
 class QueryInputDetrDecoder(Sam3DetrDecoder):
-    """SAM3's DETR decoder with the object queries passed in.
+    """SAM3's DETR decoder with the object queries passed in, and without the presence token.
 
-    The stock decoder reads `query_embed.weight` inside `forward` and has no argument for external
-    queries. Here the caller's queries replace `query_embed`, while the learned reference boxes
-    (`reference_points`, one per query) and every layer keep their stock names and shapes.
-    `query_embed` is kept (unused) so that SAM3 checkpoints load without key surgery. The
-    presence token still leads the sequence (the stock layers expect it); its head is built only
-    with `presence_head=True`.
+    The stock decoder reads `query_embed.weight` inside `forward`, always prepends its presence
+    token and its layers pad the query positions for it. Here the caller's queries replace
+    `query_embed`, and the sequence is just those queries, as in the release; the learned
+    reference boxes (`reference_points`, one per query) and every layer keep their stock names
+    and shapes. `query_embed` is kept (unused) because the release's checkpoint has it.
+    `presence_token` / `presence_head` restore stock SAM3's token and head (from-scratch options).
     """
 
-    def __init__(self, config, presence_head: bool = False):
+    def __init__(self, config, presence_token: bool = False, presence_head: bool = False):
         super().__init__(config)
         if not presence_head:
             del self.presence_head, self.presence_layer_norm
+        if not presence_token:
+            del self.presence_token
 
     def forward(  # type: ignore[override]
         self,
@@ -71,8 +75,11 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
         without auxiliary layer losses.
         """
         batch_size = query_embeds.shape[0]
-        presence = self.presence_token.weight.to(query_embeds.dtype).unsqueeze(0).expand(batch_size, -1, -1)
-        hidden_states = torch.cat([presence, query_embeds], dim=1)
+        lead = 1 if hasattr(self, "presence_token") else 0
+        hidden_states = query_embeds
+        if lead:
+            presence = self.presence_token.weight.to(query_embeds.dtype).unsqueeze(0).expand(batch_size, -1, -1)
+            hidden_states = torch.cat([presence, query_embeds], dim=1)
         reference_boxes = self.reference_points.weight.unsqueeze(0).expand(batch_size, -1, -1).sigmoid()
         text_cross_attn_mask = None
         if text_mask is not None:
@@ -90,19 +97,17 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
             if spatial_shapes is not None and spatial_shapes.shape[0] == 1:
                 # Box relative-position bias: each query attends near its current box.
                 spatial_shape = (spatial_shapes[0, 0], spatial_shapes[0, 1])
-                rpb = self._get_rpb_matrix(reference_boxes, spatial_shape)
-                # The presence token (row 0) attends to every image location equally.
-                vision_cross_attn_mask = F.pad(rpb, (0, 0, 1, 0), mode="constant", value=0)
-            hidden_states = layer(
-                hidden_states,
-                query_pos=query_pos,
-                text_features=text_features,
-                vision_features=vision_features,
-                vision_pos_encoding=vision_pos_encoding,
-                text_cross_attn_mask=text_cross_attn_mask,
-                vision_cross_attn_mask=vision_cross_attn_mask,
+                vision_cross_attn_mask = self._get_rpb_matrix(reference_boxes, spatial_shape)
+            if lead:
+                # The presence token has no position and attends to every image location equally.
+                query_pos = F.pad(query_pos, (0, 0, 1, 0), mode="constant", value=0)
+                if vision_cross_attn_mask is not None:
+                    vision_cross_attn_mask = F.pad(vision_cross_attn_mask, (0, 0, 1, 0), mode="constant", value=0)
+            hidden_states = _decoder_layer(
+                layer, hidden_states, query_pos, text_features, vision_features, vision_pos_encoding,
+                text_cross_attn_mask, vision_cross_attn_mask,
             )
-            normed = self.output_layer_norm(hidden_states[:, 1:])
+            normed = self.output_layer_norm(hidden_states[:, lead:])
             # Iterative box refinement in logit space; the next layer starts from a detached box.
             refined_boxes = (self.box_head(normed) + inverse_sigmoid(reference_boxes)).sigmoid()
             reference_boxes = refined_boxes.detach()
@@ -112,6 +117,39 @@ class QueryInputDetrDecoder(Sam3DetrDecoder):
             # SAM3 clamps the presence logit the same way.
             presence = presence.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val)
         return normed, refined_boxes, presence
+
+
+def _decoder_layer(
+    layer: Sam3DetrDecoderLayer,
+    hidden_states: torch.Tensor,
+    query_pos: torch.Tensor,
+    text_features: torch.Tensor,
+    vision_features: torch.Tensor,
+    vision_pos_encoding: torch.Tensor,
+    text_cross_attn_mask: torch.Tensor | None,
+    vision_cross_attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One stock decoder layer's computation, on a query sequence of any make-up.
+
+    The stock `Sam3DetrDecoderLayer.forward` pads `query_pos` for a presence token it assumes at
+    position 0; the release's layer does not. This runs the same sub-modules (self-attention, text
+    cross-attention, vision cross-attention with the box bias, MLP; post-norm residuals) with
+    `query_pos` exactly as given, so one code path serves sequences with and without the token.
+    """
+    def residual(states, update, dropout, norm):
+        return norm(states + dropout(update))
+
+    with_pos = hidden_states + query_pos
+    update, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, attention_mask=None)
+    hidden_states = residual(hidden_states, update, layer.self_attn_dropout, layer.self_attn_layer_norm)
+    update, _ = layer.text_cross_attn(query=hidden_states + query_pos, key=text_features, value=text_features,
+                                      attention_mask=text_cross_attn_mask)
+    hidden_states = residual(hidden_states, update, layer.text_cross_attn_dropout, layer.text_cross_attn_layer_norm)
+    update, _ = layer.vision_cross_attn(query=hidden_states + query_pos, key=vision_features + vision_pos_encoding,
+                                        value=vision_features, attention_mask=vision_cross_attn_mask)
+    hidden_states = residual(hidden_states, update, layer.vision_cross_attn_dropout,
+                             layer.vision_cross_attn_layer_norm)
+    return residual(hidden_states, layer.mlp(hidden_states), layer.mlp_dropout, layer.mlp_layer_norm)
 
 
 @dataclass
@@ -133,13 +171,13 @@ class DetectorOutput:
 class Sam3QueryDetector(Sam3PreTrainedModel):
     """The parts of `Sam3Model` that turn (image, prompt tokens, queries) into instance masks."""
 
-    def __init__(self, config: Sam3Config, presence_head: bool = False):
+    def __init__(self, config: Sam3Config, presence_token: bool = False, presence_head: bool = False):
         super().__init__(config)
         for sub in ("detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
             getattr(config, sub)._attn_implementation = config._attn_implementation
         self.vision_encoder = Sam3VisionModel(config.vision_config)
         self.detr_encoder = Sam3DetrEncoder(config.detr_encoder_config)
-        self.detr_decoder = QueryInputDetrDecoder(config.detr_decoder_config, presence_head)
+        self.detr_decoder = QueryInputDetrDecoder(config.detr_decoder_config, presence_token, presence_head)
         self.mask_decoder = Sam3MaskDecoder(config.mask_decoder_config)
         self.dot_product_scoring = Sam3DotProductScoring(config)
         self.post_init()
@@ -198,9 +236,9 @@ class Sam3QueryDetector(Sam3PreTrainedModel):
 class GroundingModel(nn.Module):
     """Holder that reproduces the release's key prefix `grounding_model.model.*`."""
 
-    def __init__(self, config: Sam3Config, presence_head: bool = False):
+    def __init__(self, config: Sam3Config, presence_token: bool = False, presence_head: bool = False):
         super().__init__()
-        self.model = Sam3QueryDetector(config, presence_head)
+        self.model = Sam3QueryDetector(config, presence_token, presence_head)
 
 
 def projector_mlp(hidden_size: int, out_size: int) -> nn.Sequential:

@@ -150,24 +150,26 @@ def tiny_config(
             "deepstack_visual_indexes": [0],
         },
         sam3_config=_sam3_config(sam_hidden, sam_image_size, sam_vit_layers, sam_detr_layers, heads=2),
-        projector_dim=sam_hidden,
-        num_queries_per_phrase=num_queries,
+        out_dim=sam_hidden,
+        max_seg_nums=num_queries,
         tie_word_embeddings=True,
         **ids,
     )
 
 
-# Config field -> token, for the ids a model needs from its tokenizer.
+# Config field -> token, for the ids a model needs from its tokenizer (InstructSAM's fields under
+# the release's names).
 _TOKEN_FIELDS = {
     "image_token_id": T.IMAGE_PAD,
     "video_token_id": T.VIDEO_PAD,
     "vision_start_token_id": T.VISION_START,
     "vision_end_token_id": T.VISION_END,
-    "seg_token_id": T.SEG,
-    "mask_start_token_id": T.MASK_START,
-    "mask_end_token_id": T.MASK_END,
-    "ref_start_token_id": T.REF_START,
-    "ref_end_token_id": T.REF_END,
+    "seg_token_index": T.SEG,
+    "seg_start_token_index": T.MASK_START,
+    "seg_end_token_index": T.MASK_END,
+    "ref_start_token_index": T.REF_START,
+    "ref_end_token_index": T.REF_END,
+    "region_token_index": T.REGION,
     "im_end_token_id": T.IM_END,
 }
 
@@ -175,9 +177,10 @@ _TOKEN_FIELDS = {
 def full_config(tokenizer: PreTrainedTokenizerFast | None = None) -> InstructSamConfig:
     """The InstructSAM-2B architecture (Qwen3-VL-2B + SAM3), for timing with random weights."""
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in _TOKEN_FIELDS.items()} if tokenizer else {}
-    # Qwen's own ids, and the three added tokens on spare rows after them.
-    defaults = {"seg_token_id": 151669, "mask_start_token_id": 151670, "mask_end_token_id": 151671,
-                "ref_start_token_id": 151646, "ref_end_token_id": 151647, "im_end_token_id": 151645}
+    # Qwen's own ids, and the four added tokens on spare rows after them, in the release's order.
+    defaults = {"region_token_index": 151669, "seg_token_index": 151670, "seg_start_token_index": 151671,
+                "seg_end_token_index": 151672, "ref_start_token_index": 151646, "ref_end_token_index": 151647,
+                "im_end_token_id": 151645}
     return InstructSamConfig(
         text_config={
             "model_type": "qwen3_vl_text", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,

@@ -6,6 +6,7 @@ with phrases joined by ", ". The N `[SEG]` positions carry the instance-query ba
 """
 from __future__ import annotations
 
+REGION = "<REGION>"
 SEG = "[SEG]"
 MASK_START = "<|mask_start|>"
 MASK_END = "<|mask_end|>"
@@ -20,8 +21,11 @@ VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 
-# Tokens InstructSAM adds to Qwen's vocabulary (Qwen has spare embedding rows, so no resize).
-ADDED_TOKENS = (SEG, MASK_START, MASK_END)
+# Tokens InstructSAM adds to Qwen's vocabulary, in the release's order (with Qwen3-VL's vocabulary:
+# 151669-151672; Qwen has spare embedding rows, so no resize). `<REGION>` is never used by
+# inference; the other three are the answer layout's.
+ADDED_TOKENS = (REGION, SEG, MASK_START, MASK_END)
+REQUIRED_ADDED_TOKENS = (SEG, MASK_START, MASK_END)
 # Qwen's own special tokens that the model relies on.
 QWEN_SPECIAL_TOKENS = (
     END_OF_TEXT,

@@ -47,12 +47,12 @@ def test_bank_rows_replace_seg_embeddings(tiny_model_dir):
     batch = processor([image()], ["find them"], phrases=[["red circle", "blue square"]])
     embeds, _, _ = model.embed_tokens(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"])
     ids = batch["input_ids"][0]
-    seg_positions = torch.nonzero(ids == model.config.seg_token_id).flatten()
-    assert seg_positions.numel() == 2 * model.config.num_queries_per_phrase
+    seg_positions = torch.nonzero(ids == model.config.seg_token_index).flatten()
+    assert seg_positions.numel() == 2 * model.config.max_seg_nums
     bank = model.model.mask_queries
     for n, position in enumerate(seg_positions.tolist()):
         assert torch.equal(embeds[0, position], bank[n % 10])
-    text = (ids != model.config.seg_token_id) & (ids != model.config.image_token_id)
+    text = (ids != model.config.seg_token_index) & (ids != model.config.image_token_id)
     table = model.model.get_input_embeddings().weight
     assert torch.equal(embeds[0, text], table[ids[text]])
 
@@ -64,7 +64,7 @@ def test_queries_see_each_other_but_earlier_tokens_never_see_them(tiny_model_dir
         before = model(**model_inputs(batch))
         model.model.mask_queries[9].add_(1.0)  # change only the last query of the block
         after = model(**model_inputs(batch))
-    first_seg = int(torch.nonzero(batch["input_ids"][0] == model.config.seg_token_id)[0])
+    first_seg = int(torch.nonzero(batch["input_ids"][0] == model.config.seg_token_index)[0])
     # Nothing before the block moves; the first query moves although it comes before query 9.
     assert torch.equal(before.logits[0, :first_seg], after.logits[0, :first_seg])
     assert not torch.allclose(before.query_states[0, 0], after.query_states[0, 0])
@@ -142,7 +142,7 @@ def test_generation_and_single_forward_agree_when_forced_to_the_same_phrases(tin
         states = model(**model_inputs(teacher), compute_logits=False).query_states
     torch.testing.assert_close(result.query_states, states, atol=2e-5, rtol=1e-4)
 
-    ids, mask = model.pad_phrases(result.phrases)
+    ids, mask = model.sam3_prompt(result.phrases)
     logits, masks = predictor._detect(result.query_states, ids, mask, torch.zeros(2, dtype=torch.long),
                                       prompt["sam_pixel_values"], {})
     generated = predictor._instances(phrases, logits, masks, picture.shape[:2], 0.0)
@@ -168,8 +168,8 @@ def test_save_then_load_gives_identical_outputs(tiny_model_dir, tmp_path):
 
 def released_layout_copy(source, target, extra: dict | None = None, drop: tuple = ()):
     """Re-write a model directory the way the authors' release stores it: two safetensors
-    shards plus an index, and the full SAM3 key set (text encoder, geometry encoder, presence
-    head) that InstructSAM leaves unused."""
+    shards plus an index, and SAM3 keys (text encoder, text projection, geometry encoder) that
+    InstructSAM inference leaves unused."""
     state = load_file(source / "model.safetensors")
     state.update(extra or {})
     for key in drop:
@@ -185,6 +185,7 @@ def released_layout_copy(source, target, extra: dict | None = None, drop: tuple 
     (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         shutil.copy(source / name, target / name)
+    shutil.copytree(source / "sam3", target / "sam3")
     return target
 
 
@@ -192,7 +193,6 @@ UNUSED_SAM3_KEYS = {
     "model.grounding_model.model.text_encoder.text_model.final_layer_norm.weight": torch.ones(32),
     "model.grounding_model.model.text_projection.weight": torch.zeros(32, 32),
     "model.grounding_model.model.geometry_encoder.label_embed.weight": torch.zeros(2, 32),
-    "model.grounding_model.model.detr_decoder.presence_head.layer1.weight": torch.zeros(32, 32),
 }
 
 
@@ -373,12 +373,13 @@ def test_presence_head_option_builds_saves_and_loads_sam3s_head(tmp_path):
     with_head = tmp_path / "with"
     shutil.copytree(plain, with_head)
     config = InstructSamConfig.from_pretrained(plain)
-    config.presence_head = True
+    config.presence_token = config.presence_head = True
     torch.manual_seed(0)
     InstructSamForSegmentation(config).save_pretrained(with_head)
     weights = load_file(str(with_head / "model.safetensors"))
-    head_keys = [k for k in weights if ".detr_decoder.presence_head." in k or ".detr_decoder.presence_layer_norm." in k]
-    assert head_keys
+    head_keys = [k for k in weights if ".detr_decoder.presence_" in k]
+    assert any(k.endswith("presence_token.weight") for k in head_keys)
+    assert any(".presence_head." in k for k in head_keys) and any(".presence_layer_norm." in k for k in head_keys)
     model, processor = load(with_head)
     batch = processor([image()], ["red circles, stars"], phrases=[["red circles", "stars"]])
     sam = batch.pop("sam_pixel_values")
@@ -394,18 +395,21 @@ def test_presence_head_option_builds_saves_and_loads_sam3s_head(tmp_path):
     # A checkpoint without the head's weights cannot silently load into a model that has one.
     broken = tmp_path / "broken"
     shutil.copytree(with_head, broken)
-    save_file({k: v for k, v in weights.items() if k not in head_keys}, str(broken / "model.safetensors"),
+    save_file({k: v for k, v in weights.items() if ".presence_head." not in k}, str(broken / "model.safetensors"),
               metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="presence_head"):
+    with pytest.raises(CheckpointError, match="missing: .*presence_head"):
         InstructSamForSegmentation.from_pretrained(broken)
-    # The release's layout (no head) ignores those keys when a checkpoint carries them.
+    # Nor can a checkpoint trained with the token run as the release's decoder (without it): the
+    # extra keys are an error, not silently dropped.
     release_layout = tmp_path / "release_layout"
     shutil.copytree(plain, release_layout)
     extra = load_file(str(plain / "model.safetensors"))
     extra.update({k: weights[k] for k in head_keys})
     save_file(extra, str(release_layout / "model.safetensors"), metadata={"format": "pt"})
-    decoder = InstructSamForSegmentation.from_pretrained(release_layout).model.grounding_model.model.detr_decoder
-    assert not hasattr(decoder, "presence_head")
+    with pytest.raises(CheckpointError, match="unexpected: .*presence_"):
+        InstructSamForSegmentation.from_pretrained(release_layout)
+    with pytest.raises(CheckpointError, match="presence_head needs presence_token"):
+        InstructSamConfig.from_pretrained(plain, presence_head=True)
 
 
 def test_unknown_instance_score_rule_is_a_config_error(tiny_model_dir, tmp_path):
@@ -413,7 +417,7 @@ def test_unknown_instance_score_rule_is_a_config_error(tiny_model_dir, tmp_path)
     config["instance_score"] = "mask_only"
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="instance_score"):
+    with pytest.raises(CheckpointError, match="instance_score must be one of"):
         InstructSamForSegmentation.from_pretrained(tmp_path / "m")
 
 
@@ -421,20 +425,23 @@ def test_config_without_token_ids_takes_them_from_the_tokenizer(tiny_model_dir, 
     """A Qwen3-VL-style config.json without InstructSAM's token ids still loads and predicts."""
     target = released_layout_copy(tiny_model_dir, tmp_path / "plain_config")
     config = json.loads((target / "config.json").read_text())
-    for name in ("seg_token_id", "mask_start_token_id", "mask_end_token_id", "ref_start_token_id", "ref_end_token_id"):
+    for name in ("seg_token_index", "seg_start_token_index", "seg_end_token_index", "ref_start_token_index",
+                 "ref_end_token_index", "region_token_index"):
         config.pop(name)
     (target / "config.json").write_text(json.dumps(config))
     predictor = Predictor.from_pretrained(target, threshold=0.0)
-    assert predictor.model.config.seg_token_id == predictor.processor.tokenizer.convert_tokens_to_ids(T.SEG)
+    assert predictor.model.config.seg_token_index == predictor.processor.tokenizer.convert_tokens_to_ids(T.SEG)
+    assert predictor.model.config.region_token_index == predictor.processor.tokenizer.convert_tokens_to_ids(T.REGION)
     reference = Predictor.from_pretrained(tiny_model_dir, threshold=0.0)
     a, b = predictor.predict(image(), "red circles"), reference.predict(image(), "red circles")
     assert [i.score for i in a.instances] == [i.score for i in b.instances]
 
 
-def test_config_token_ids_that_contradict_the_tokenizer_are_an_error(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("field", ["seg_token_index", "seg_start_token_index", "region_token_index"])
+def test_config_token_ids_that_contradict_the_tokenizer_are_an_error(tiny_model_dir, tmp_path, field):
     target = released_layout_copy(tiny_model_dir, tmp_path / "bad_ids")
     config = json.loads((target / "config.json").read_text())
-    config["seg_token_id"] = config["mask_end_token_id"]
+    config[field] = config["seg_end_token_index"] if field != "seg_end_token_index" else config["seg_token_index"]
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="seg_token_id"):
+    with pytest.raises(CheckpointError, match=field):
         Predictor.from_pretrained(target)

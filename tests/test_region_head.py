@@ -171,7 +171,7 @@ def test_region_head_option_saves_loads_and_scores_predictions(tiny_model_dir, t
         with pytest.raises(ValueError, match="pixel_values"):
             model.detect(out.query_states, out.phrase_ids, out.phrase_mask, model.encode_sam_images(sam),
                          out.phrase_row)
-    assert out.region_logits.shape == (1, config.num_queries_per_phrase)
+    assert out.region_logits.shape == (1, config.max_seg_nums)
     head = model.model.region_head
     # torch's default init (not the model's 0.02-std normal one), also after loading.
     assert float(head.encoder[0].weight.std()) > 0.05

@@ -149,8 +149,11 @@ def test_scratch_overrides_reach_the_model(data_root, tmp_path):
                                model={"init": "scratch", "scratch": {}, "scratch_overrides": {path: 112}})
     run = tmp_path / "over"
     Trainer(load_recipe(recipe_path), data_root, run, progress=False).run()
+    # SAM3's config is written where the release reads it: the directory mask_decoder_model names.
     config = json.loads((run / "final" / "config.json").read_text())
-    assert config["sam3_config"]["vision_config"]["backbone_config"]["pretrain_image_size"] == 112
+    assert config["mask_decoder_model"] == str((run / "final" / "sam3").resolve())  # not the temporary directory
+    sam3 = json.loads((Path(config["mask_decoder_model"]) / "config.json").read_text())["detector_config"]
+    assert sam3["vision_config"]["backbone_config"]["pretrain_image_size"] == 112
     from safetensors.torch import load_file
 
     weights = load_file(str(run / "final" / "model.safetensors"))
@@ -168,7 +171,7 @@ def test_presence_head_trains_only_when_the_model_has_one(data_root, tmp_path):
     with pytest.raises(UserError, match="presence head"):
         Trainer(load_recipe(bad), data_root, tmp_path / "bad", progress=False).run()
     recipe_path = _recipe_file(tmp_path, loss=with_weight, schedule={"max_steps": 2, "warmup_ratio": 0.0},
-                               model={"init": "scratch", "scratch": {}, "scratch_overrides": {"presence_head": True}})
+                               model={"init": "scratch", "scratch": {}, "scratch_overrides": {"presence_token": True, "presence_head": True}})
     run = tmp_path / "presence"
     Trainer(load_recipe(recipe_path), data_root, run, progress=False).run()
     assert all(0.0 < e["presence"] < 5.0 for e in _log(run))

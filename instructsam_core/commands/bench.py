@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+from instructsam_core.commands import add_sam3_config_argument
 from instructsam_core.errors import UserError
 
 MAX_PIXELS_LIMIT = 1 << 30  # the bound a model directory's preprocessor_config.json may give
@@ -13,6 +14,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time each inference stage (random weights are fine)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model directory or 'default'")
+    add_sam3_config_argument(parser)
     source.add_argument("--config", choices=["tiny", "full"], help="random-init architecture: tiny, or the real 2B size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     if args.model:
-        predictor = Predictor.from_pretrained(args.model, device=device, dtype=args.dtype)
+        predictor = Predictor.from_pretrained(args.model, device=device, dtype=args.dtype, sam3_config=args.sam3_config)
     elif args.config == "tiny":
         with tempfile.TemporaryDirectory() as tmp:
             predictor = Predictor.from_pretrained(write_tiny_model(tmp), device=device, dtype=args.dtype)

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from instructsam_core.commands import add_sam3_config_argument
 from instructsam_core.errors import UserError
 
 
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-instances", type=int, default=100)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    add_sam3_config_argument(parser)
     parser.add_argument("--phrases", nargs="+", default=None,
                         help="target phrases: skip decoding and run the single-forward path")
     parser.set_defaults(func=run)
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     instruction = check_instruction(args.instruction)
     predictor = Predictor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, threshold=args.threshold, max_instances=args.max_instances
+        args.model, device=args.device, dtype=args.dtype, threshold=args.threshold, max_instances=args.max_instances,
+        sam3_config=args.sam3_config,
     )
     prediction = predictor.predict(image, instruction, phrases=args.phrases)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,11 @@ def save_adapter(peft_model, directory: Path) -> None:
                  metadata={"format": "pt", "instructsam": "adapter"})
 
 
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """base model + adapter -> a merged model directory at `out_dir` (which must not exist yet)."""
+def merge_adapter(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, sam3_config: str | Path | None = None
+) -> Path:
+    """base model + adapter -> a merged model directory at `out_dir` (which must not exist yet);
+    `sam3_config` overrides where the base model's SAM3 architecture comes from."""
     from peft import LoraConfig, get_peft_model
 
     from instructsam_core.model_paths import resolve_model_dir
@@ -47,7 +50,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
         config = LoraConfig.from_pretrained(str(adapter))
     except (ValueError, TypeError, OSError) as error:
         raise UserError(f"{adapter / ADAPTER_CONFIG} is not a LoRA config: {error}") from None
-    model = InstructSamForSegmentation.from_pretrained(base, dtype=torch.float32)
+    model = InstructSamForSegmentation.from_pretrained(base, dtype=torch.float32, sam3_config=sam3_config)
     model_setup.expose_input_embeddings(model)
     peft_model = get_peft_model(model, config)
     state = load_file(str(adapter / ADAPTER_WEIGHTS))

@@ -18,6 +18,7 @@ from torch import nn
 
 from instructsam_core.errors import UserError
 from instructsam_core.model_paths import resolve_model_dir
+from instructsam_core.sam3_config import record_sam3_location
 
 PEFT_PREFIX = "base_model.model."
 MODEL_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -49,6 +50,7 @@ def init_model_dir(recipe, output: Path, is_main: bool) -> Path:
         )
         shutil.rmtree(target, ignore_errors=True)
         temporary.rename(target)
+        record_sam3_location(target)
     return target
 
 

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from instructsam_core.errors import UserError
+from instructsam_core.sam3_config import record_sam3_location
 from instructsam_core.training import model_setup
 from instructsam_core.training.checkpoint import STATE_FILE, CheckpointDamaged, CheckpointManager, verify
 from instructsam_core.training.criterion import LossWeights, SetCriterion
@@ -568,6 +569,7 @@ def _publish(target: Path, write) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(temporary, target)
+    record_sam3_location(target)  # a model directory records its SAM3 config by absolute path
     fsync_dir(target.parent)
 
 
