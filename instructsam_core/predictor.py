@@ -72,7 +72,9 @@ def instance_scores(
     """Scores [P, Q] in [0, 1] from score logits [P, Q], mask logits [P, Q, h, w] and, with SAM3's
     presence head, presence logits [P].
 
-    "query": sigmoid(logits), the release. "query_x_mask": times the mean mask probability over
+    "query": sigmoid(logits), the release. Every other rule, the presence scaling and the NMS are
+    from-scratch aids of this project, not in the release (configuration.RELEASE_BEHAVIOUR).
+    "query_x_mask": times the mean mask probability over
     the pixels the mask keeps (logit > 0), 0 for an empty mask - the score head alone cannot see
     how sure the mask is, and an empty mask is no instance at all. Presence logits multiply every
     query of their phrase by sigmoid(presence), as in SAM3. "semantic_x_mask": the mean of
