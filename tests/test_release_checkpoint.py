@@ -352,6 +352,14 @@ def test_bad_directories_are_one_line_errors(release_dir, tmp_path, capsys):
     save_file(state, str(wrong / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
     message = predict(wrong)
     assert "shape mismatch" in message and key in message
+    # The same through eval, before anything is written to --out.
+    Image.fromarray(_picture()).save(tmp_path / "images.png")
+    (tmp_path / "inst2seg.json").write_text(json.dumps([{"image": "images.png", "height": 90, "width": 140,
+                                                          "annotation": [{"text": "red circle"}]}]))
+    code, _, err = _cli(capsys, "eval", "--suite", "inst2seg", "--data", str(tmp_path / "inst2seg.json"),
+                        "--images", str(tmp_path), "--model", str(wrong), "--out", str(tmp_path / "eval"))
+    assert code == 2 and err.count("\n") == 1 and "shape mismatch" in err and key in err
+    assert not (tmp_path / "eval" / "run.json").exists()
 
     pickled = tmp_path / "pickled"
     pickled.mkdir()
