@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from instructsam_core.errors import UserError
@@ -54,13 +55,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, info notices) out of command output."""
-    try:
+    """Keep library chatter (weight-loading bars, info notices) out of command output.
+
+    Through the variables transformers and huggingface_hub read when they are imported (a value
+    the user set is kept), so that a command that never loads a model does not import them just
+    for this (0.5-1 s); only if they are imported already (main() called in-process) directly."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":
