@@ -102,7 +102,8 @@ def main() -> int:
     for tree, values in samples.items():
         wall, imports = statistics.median(values["wall"]), statistics.median(values["imports"])
         print(f"  {tree}: wall {wall:.2f} s, imports {imports:.2f} s ({100 * imports / wall:.0f} %)")
-        print(f"    wall samples {[round(v, 2) for v in values['wall']]}, imports {[round(v, 2) for v in values['imports']]}")
+        print(f"    wall samples {[round(v, 2) for v in values['wall']]}, "
+              f"imports {[round(v, 2) for v in values['imports']]}")
     return 0
 
 

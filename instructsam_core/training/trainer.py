@@ -398,7 +398,8 @@ class Trainer:
                     means = accelerator.reduce(means, reduction="mean")
                     last = {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means)}
                     entry = {"step": step, "epoch": round(sampler.epoch_at(step), 4), **last,
-                             "lr": [g["lr"] for g in optimizer.param_groups], "elapsed_s": round(time.time() - started, 2)}
+                             "lr": [g["lr"] for g in optimizer.param_groups],
+                             "elapsed_s": round(time.time() - started, 2)}
                     history.append(entry)
                     if accelerator.is_main_process:
                         with open(self.output / LOG_FILE, "a", encoding="utf-8") as handle:
