@@ -4,11 +4,14 @@ What one run does (`instructsam train`):
   1. checks the recipe, reads the data mixture, builds the starting model (a model directory, the
      embedded default, or a scratch model written to OUTPUT/init_model), applies LoRA and the
      freeze policy, groups parameters by learning rate;
-  2. optionally resumes from the newest complete checkpoint in OUTPUT/checkpoints: trainable
-     weights, optimizer state (safetensors + JSON, never pickle), step; the data order and every
-     random draw are functions of (seed, step, micro-batch, rank), so the resumed run computes
-     what the uninterrupted one would have;
-  3. trains with a tqdm bar (loss terms, ETA) and writes OUTPUT/log.jsonl;
+  2. checks every training sample (image header and size, masks) before the first step;
+     optionally resumes from the newest intact checkpoint in OUTPUT/checkpoints (verified
+     against its manifest; a damaged one is reported and skipped): trainable weights, optimizer
+     state (safetensors + JSON, never pickle), step; the data order and every random draw are
+     functions of (seed, step, micro-batch, rank), so the resumed run computes what the
+     uninterrupted one would have;
+  3. trains with a tqdm bar (loss terms, ETA) and writes OUTPUT/log.jsonl; outputs, a loss or a
+     gradient norm that is not finite stop the run before the update (NonFiniteTraining);
   4. writes OUTPUT/final (a loadable model directory; for LoRA also OUTPUT/adapter) and
      OUTPUT/loss_curve.png.
 """
