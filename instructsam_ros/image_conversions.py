@@ -7,20 +7,27 @@ reason, so the node can drop the frame, count it and keep running.
 
 Decoding goes through rosbags-image (any common encoding; zero-copy for packed rgb8).
 Outgoing images are filled from bytes in one copy (element-wise filling costs ~50 ms at VGA).
+
+Decoding only reads message fields, so rosbags' message classes work as well as rclpy's:
+`instructsam annotate-bag` decodes recorded frames with these functions and no ROS
+installation. rclpy's classes are imported only where an outgoing message is built.
 """
 from __future__ import annotations
 
 import array
 import io
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image as PILImage
 from rosbags.image import ImageError, compressed_image_to_cvimage, image_to_cvimage
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
 
 from instructsam_core.errors import UserError
+
+if TYPE_CHECKING:
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
 
 # Encodings decoded to RGB: (bytes per pixel, channels). nv12/nv21 are left out on purpose:
 # their planes do not fit the height x step layout the other encodings share.
@@ -162,6 +169,8 @@ def array_to_image_msg(pixels: np.ndarray, encoding: str, header: Header | None 
     expected = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 2), "mono16": (np.uint16, 2)}
     if encoding not in expected:
         raise ValueError(f"array_to_image_msg does not write {encoding!r}")
+    from sensor_msgs.msg import Image  # noqa: F811 - rclpy only for outgoing messages (see module doc)
+
     dtype, ndim = expected[encoding]
     if pixels.dtype != dtype or pixels.ndim != ndim or (ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"{encoding} needs a {ndim}-D {np.dtype(dtype).name} array, got {pixels.dtype} {pixels.shape}")

@@ -17,18 +17,8 @@ from instructsam_core.instances import Instance, Prediction
 from instructsam_ros.image_conversions import array_to_image_msg, image_msg_to_array
 from instructsam_ros.interfaces import Instance as InstanceMsg
 from instructsam_ros.interfaces import InstanceSegmentation
-
-MASK_ON = 255
-MAX_LABEL_ID = 65535  # mono16
-
-
-def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) of the mask's pixels, x1/y1 exclusive; zeros for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return (0, 0, 0, 0)
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+# The ROS-free layout rules live in mask_layout (shared with annotate-bag); re-exported here.
+from instructsam_ros.mask_layout import MASK_ON, MAX_LABEL_ID, crop_mask, label_image, tight_box  # noqa: F401
 
 
 def instance_to_msg(
@@ -41,7 +31,7 @@ def instance_to_msg(
     """
     mask = np.asarray(instance.mask, dtype=bool)
     x0, y0, x1, y1 = tight_box(mask) if box is None else box
-    crop = np.multiply(mask[y0:y1, x0:x1], MASK_ON, dtype=np.uint8)
+    crop = crop_mask(mask, (x0, y0, x1, y1))
     msg = InstanceMsg()
     msg.id = int(instance_id)
     msg.phrase = instance.phrase
@@ -64,32 +54,6 @@ def msg_to_mask(msg: InstanceMsg, height: int, width: int) -> np.ndarray:
     y0, x0 = msg.box.y_offset, msg.box.x_offset
     full[y0:y0 + msg.box.height, x0:x0 + msg.box.width] = crop > 0
     return full
-
-
-def label_image(
-    instances: Sequence[Instance],
-    ids: Sequence[int],
-    height: int,
-    width: int,
-    boxes: Sequence[tuple[int, int, int, int]] | None = None,
-) -> np.ndarray:
-    """uint16 HxW: 0 = background, otherwise the id of the highest-scoring instance there.
-
-    With the masks' tight `boxes`, only the boxes are visited (cheap for small objects).
-    """
-    if len(instances) != len(ids) or (boxes is not None and len(boxes) != len(ids)):
-        raise ValueError(f"{len(instances)} instances, {len(ids)} ids, {len(boxes or [])} boxes")
-    labels = np.zeros((height, width), dtype=np.uint16)
-    # Paint from the lowest score up so that the highest score ends on top.
-    for index in sorted(range(len(instances)), key=lambda i: instances[i].score):
-        instance_id = ids[index]
-        if not 0 < instance_id <= MAX_LABEL_ID:
-            raise ValueError(f"instance id {instance_id} does not fit a mono16 label image")
-        mask = np.asarray(instances[index].mask, dtype=bool)
-        x0, y0, x1, y1 = boxes[index] if boxes is not None else (0, 0, width, height)
-        window = labels[y0:y1, x0:x1]
-        window[mask[y0:y1, x0:x1]] = instance_id
-    return labels
 
 
 def prediction_to_msg(

@@ -18,6 +18,7 @@ import numpy as np
 
 from instructsam_core.errors import UserError
 from instructsam_core.instances import Instance, Prediction
+from instructsam_ros.mask_layout import int_box
 from instructsam_ros.parameters import MAX_INSTRUCTION_CHARS
 from instructsam_ros.tracking import InstanceTracker, sequential_ids
 
@@ -72,13 +73,8 @@ class SegmentResult:
 
 
 def _int_box(instance: Instance, height: int, width: int) -> tuple[int, int, int, int]:
-    """The instance's tight box as integer pixels, clipped to the frame."""
-    x0, y0, x1, y1 = (int(round(float(v))) for v in instance.box)
-    x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
-    y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
-    if x1 <= x0 or y1 <= y0:
-        return (0, 0, 0, 0)
-    return (x0, y0, x1, y1)
+    """The instance's tight box as integer pixels, clipped to the frame (mask_layout.int_box)."""
+    return int_box(instance.box, height, width)
 
 
 class Segmenter:
