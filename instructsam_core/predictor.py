@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from instructsam_core import tokens as T
+from instructsam_core.tokens import check_instruction
 from instructsam_core.configuration import INSTANCE_SCORES
 from instructsam_core.errors import UserError
 from instructsam_core.generation import generate_queries
@@ -50,14 +51,6 @@ def check_device(device: str) -> str:
     if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
         raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     return device
-
-
-def check_instruction(instruction: str) -> str:
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise UserError("the instruction is empty")
-    if len(instruction) > T.MAX_INSTRUCTION_CHARS:
-        raise UserError(f"the instruction is {len(instruction)} characters long; the limit is {T.MAX_INSTRUCTION_CHARS}")
-    return " ".join(instruction.split())
 
 
 def instance_scores(

@@ -50,6 +50,18 @@ SEGMENTATION_REQUEST = "Please output the segmentation mask."
 MAX_INSTRUCTION_CHARS = 2000
 
 
+def check_instruction(instruction: str) -> str:
+    """The instruction with its whitespace collapsed; empty or over-long is a UserError. (Here, not
+    in predictor.py, so a command can reject it before importing torch.)"""
+    from instructsam_core.errors import UserError
+
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise UserError("the instruction is empty")
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise UserError(f"the instruction is {len(instruction)} characters long; the limit is {MAX_INSTRUCTION_CHARS}")
+    return " ".join(instruction.split())
+
+
 def normalize_phrase(text: str) -> str:
     """Trim, lowercase the first letter and drop a trailing period, as the release does."""
     phrase = " ".join(text.split())

@@ -34,7 +34,8 @@ def picture(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing image", "image is a directory", "out is a file", "threshold"])
+@pytest.mark.parametrize("case", ["missing image", "image is a directory", "out is a file", "threshold",
+                                  "empty instruction"])
 def test_predict_reports_bad_input_before_importing_the_model_side(tmp_path, picture, case):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -45,8 +46,10 @@ def test_predict_reports_bad_input_before_importing_the_model_side(tmp_path, pic
         args["--image"] = str(tmp_path)
     elif case == "out is a file":
         args["--out"] = str(a_file)
-    else:
+    elif case == "threshold":
         args["--threshold"] = "2"
+    else:
+        args["--instruction"] = "   "
     code, imported, stderr = run_fresh(["predict", *[x for pair in args.items() for x in pair]])
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert imported == {"torch": False, "transformers": False}

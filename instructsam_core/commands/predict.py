@@ -7,6 +7,7 @@ from pathlib import Path
 
 from instructsam_core.commands import add_sam3_config_argument
 from instructsam_core.errors import UserError
+from instructsam_core.tokens import check_instruction
 
 
 def register(subparsers) -> None:
@@ -34,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a directory")
+    instruction = check_instruction(args.instruction)
     image = load_image(args.image)
 
     from instructsam_core.masks import encode_mask
-    from instructsam_core.predictor import Predictor, check_instruction
+    from instructsam_core.predictor import Predictor
     from instructsam_core.visualize import draw_overlay, save_png
 
-    instruction = check_instruction(args.instruction)
     predictor = Predictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, threshold=args.threshold, max_instances=args.max_instances,
         sam3_config=args.sam3_config,
