@@ -25,8 +25,18 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 
 def image_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[H, W, 3] uint8 array -> [3, H, W] uint8 tensor on `device` (one host-to-device copy)."""
+    """[H, W, 3] uint8 array -> [3, H, W] uint8 tensor on `device` (one host-to-device copy).
+
+    A channels-last view of the array's own memory: nothing is transposed or copied on the CPU.
+    """
     return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True).permute(2, 0, 1)
+
+
+def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
+    """[N, 3, H, W] channels-last batch of same-sized [3, H, W] channels-last images (no copy for one)."""
+    if len(images) == 1:
+        return images[0].unsqueeze(0)
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -35,11 +45,14 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int], mode: str) -> torc
     `mode` is "bilinear" (SAM3) or "bicubic" (Qwen3-VL).
     """
     if images.device.type == "cpu" and mode == "bilinear":
-        # Native uint8 kernel; channels-last is its fast layout.
+        # torch's native uint8 kernel; channels-last is its layout, and the frames' own.
         out = F.interpolate(images.contiguous(memory_format=torch.channels_last), size=size, mode=mode,
                             align_corners=False, antialias=True)
         return out.float()
-    out = F.interpolate(images.float(), size=size, mode=mode, align_corners=False, antialias=True)
+    # Converted through an NHWC view: a channels-last uint8 batch converts in 0.3 ms (720p) this way
+    # and in 5 ms through its NCHW view, on the CPU.
+    as_float = images.permute(0, 2, 3, 1).float().permute(0, 3, 1, 2)
+    out = F.interpolate(as_float, size=size, mode=mode, align_corners=False, antialias=True)
     return out.clamp_(0.0, 255.0).round_()
 
 
@@ -48,12 +61,9 @@ def sam3_pixels(images: list[torch.Tensor], size: int) -> torch.Tensor:
 
     The aspect ratio is not kept (the release stretches every image to the square).
     """
-    batch = []
-    for shape, group in _by_shape(images):
-        batch.append((group, resize_uint8(torch.stack([images[i] for i in group]), (size, size), "bilinear")))
     out = torch.empty(len(images), 3, size, size, device=images[0].device)
-    for group, resized in batch:
-        out[group] = resized
+    for _, group in _by_shape(images):
+        out[group] = resize_uint8(stack_channels_last([images[i] for i in group]), (size, size), "bilinear")
     return out.mul_(1.0 / 255.0).sub_(0.5).div_(0.5)
 
 
@@ -81,9 +91,9 @@ def qwen_pixels(
     grids: dict[int, tuple[int, int, int]] = {}
     for (height, width), group in _by_shape(images):
         new_h, new_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-        stacked = torch.stack([images[i] for i in group])
+        stacked = stack_channels_last([images[i] for i in group])
         resized = resize_uint8(stacked, (new_h, new_w), "bicubic") if (new_h, new_w) != (height, width) \
-            else stacked.float()
+            else stacked.permute(0, 2, 3, 1).float().permute(0, 3, 1, 2)
         normed = (resized * (1.0 / 255.0) - mean) / std
         grid_h, grid_w = new_h // patch_size, new_w // patch_size
         patches = normed.reshape(len(group), 3, grid_h // merge_size, merge_size, patch_size,
