@@ -111,8 +111,9 @@ def check_sam3_sizes(raw: dict, where: str) -> None:
             _check_int(value, dotted, low, high, where)
 
 
-def read_config_json(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (a config): unreadable, invalid or another JSON value
+    is a one-line CheckpointError."""
     try:
         raw = json.loads(path.read_text())
     except OSError as error:
@@ -150,7 +151,7 @@ def load_model_config(model_dir: str | Path, sam3_config_dir: str | Path | None 
 
     model_dir = Path(model_dir)
     where = str(model_dir / "config.json")
-    raw, legacy_sam3 = translate_legacy(read_config_json(model_dir))
+    raw, legacy_sam3 = translate_legacy(read_json_object(model_dir / "config.json"))
     check_model_sizes(raw, where)
     if sam3_config_dir is None and legacy_sam3 is not None:
         check_sam3_sizes(legacy_sam3, where)

@@ -19,6 +19,7 @@ from instructsam_core.configuration import InstructSamConfig
 from instructsam_core.errors import CheckpointError
 from instructsam_core.image_preprocessing import image_tensor, qwen_pixels, sam3_pixels
 from instructsam_core.images import as_rgb_array
+from instructsam_core.model_directory import read_json_object
 
 IGNORE_INDEX = -100
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -46,12 +47,7 @@ def read_preprocessor_config(model_dir: Path) -> dict:
     path = model_dir / PREPROCESSOR_FILE
     if not path.is_file():
         return {}
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
+    raw = read_json_object(path)
     size = raw.get("size") or {}
     settings = {
         "min_pixels": size.get("shortest_edge", raw.get("min_pixels")),

@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import Sam3Config, Sam3VideoConfig
 
 from instructsam_core.errors import CheckpointError
+from instructsam_core.model_directory import check_sam3_sizes, read_json_object
 
 # Name of the SAM3 config directory inside a model directory written by this project.
 SAM3_SUBDIR = "sam3"
@@ -67,14 +68,7 @@ def published_sam3_config() -> Sam3Config:
 def read_sam3_config_dir(directory: str | Path) -> Sam3Config:
     """The detector config in `directory/config.json` (`sam3`, or `sam3_video` with a detector_config)."""
     path = Path(directory) / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as error:
-        raise CheckpointError(f"cannot read the SAM3 config {path}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise CheckpointError(f"the SAM3 config {path} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"the SAM3 config {path} is not a JSON object")
+    raw = read_json_object(path)
     kind = raw.get("model_type")
     if kind == "sam3_video":
         raw = raw.get("detector_config")
@@ -83,8 +77,6 @@ def read_sam3_config_dir(directory: str | Path) -> Sam3Config:
         kind = raw.get("model_type", "sam3")
     if kind != "sam3":
         raise CheckpointError(f"{path} is not a SAM3 config (model_type {kind!r}; expected 'sam3' or 'sam3_video')")
-    from instructsam_core.model_directory import check_sam3_sizes
-
     check_sam3_sizes(raw, str(path))
     try:
         return Sam3Config(**{k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")})
