@@ -406,3 +406,16 @@ def test_absurd_sizes_are_named_before_anything_is_allocated(release_dir, tmp_pa
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=field.replace(".", r"\.")):
         InstructSamForSegmentation.from_pretrained(target)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"size": {"shortest_edge": 1024, "longest_edge": -5}}, "max_pixels must be a positive integer"),
+    ({"image_std": [0.5, 0.0, 0.5]}, "image_std must be three numbers > 0"),
+    ("not json", "not valid JSON"),
+])
+def test_a_bad_preprocessor_config_is_named(release_dir, tmp_path, content, expected):
+    target = _broken_copy(release_dir, tmp_path / "bad_preprocessor")
+    text = content if isinstance(content, str) else json.dumps(content)
+    (target / "preprocessor_config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=expected):
+        InstructSamProcessor.from_pretrained(target)
