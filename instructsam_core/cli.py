@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "bench": "bench",
     "train": "train",
     "merge-lora": "merge_lora",
+    "annotate-bag": "annotate_bag",
 }
 
 

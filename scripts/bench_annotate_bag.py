@@ -1,0 +1,203 @@
+"""Frames/s of `instructsam annotate-bag` against `instructsam predict` on the same frames.
+
+Writes a bag of synthetic shape scenes (rosbags), then in one process, alternating, each
+`--repeats` times (medians reported, the machine may be shared):
+  1. `Predictor.predict` on every frame, one call per frame (what `instructsam predict` runs
+     for one image, without its process start and model load);
+  2. `Predictor.predict_batch` in annotate-bag's batch size: the model alone;
+  3. `annotate_bag` on the bag with the same predictor (loaded and warmed up once);
+  4. `annotate_bag` with the model's results of 2. replayed instead of computed: the I/O alone.
+Then optionally `instructsam predict` as a command on a few frames (one process per image).
+The I/O share is annotate-bag's time outside the model (bag reading, decoding, RLE encoding,
+the resumable record, writing the output bag and JSON) over its total; it is also given as
+annotate-bag's total against the model alone on the same batches (2.), which counts any
+slowdown the I/O causes the model.
+
+  OMP_NUM_THREADS=1 python scripts/bench_annotate_bag.py --model default --frames 200 --size 640x480
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def make_frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
+    from instructsam_core import synth
+
+    rng = np.random.default_rng(seed)
+    return [cv2.resize(synth.make_scene(rng).image, (width, height), interpolation=cv2.INTER_NEAREST)
+            for _ in range(count)]
+
+
+def write_bag(path: Path, storage: str, frames: list[np.ndarray], compressed: bool) -> str:
+    """One camera topic at 10 Hz (raw rgb8 or JPEG) plus a 100 Hz std_msgs/String topic."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = store.types
+    topic = "/camera/image/compressed" if compressed else "/camera/image_raw"
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+        camera = writer.add_connection(topic, msgtype, typestore=store)
+        chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        for i, rgb in enumerate(frames):
+            stamp = 1_700_000_000 * 10**9 + i * 100_000_000
+            header = types["std_msgs/msg/Header"](
+                stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="camera")
+            if compressed:
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+                msg = types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=jpeg.reshape(-1))
+            else:
+                height, width = rgb.shape[:2]
+                msg = types["sensor_msgs/msg/Image"](header=header, height=height, width=width, encoding="rgb8",
+                                                     is_bigendian=0, step=width * 3, data=rgb.reshape(-1))
+            writer.write(camera, stamp, store.serialize_cdr(msg, msgtype))
+            for k in range(10):
+                text = types["std_msgs/msg/String"](data=f"tick {i}.{k}")
+                writer.write(chatter, stamp + k * 10_000_000 + 1, store.serialize_cdr(text, "std_msgs/msg/String"))
+    return topic
+
+
+class Replay:
+    """Stands in for the Predictor: hands back results computed before, in order."""
+
+    def __init__(self, results: list) -> None:
+        self.results = iter(results)
+
+    def predict_batch(self, images, instructions, phrases=None) -> list:
+        return [next(self.results) for _ in images]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT")
+    parser.add_argument("--storage", choices=["sqlite3", "mcap"], default="mcap")
+    parser.add_argument("--compressed", action="store_true", help="JPEG CompressedImage instead of raw rgb8")
+    parser.add_argument("--instruction", default="red circles")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--overlay", action="store_true")
+    parser.add_argument("--io-threads", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--repeats", type=int, default=3, help="each measurement, alternating; medians reported")
+    parser.add_argument("--cli-frames", type=int, default=2, help="frames for the `instructsam predict` command")
+    args = parser.parse_args()
+
+    from instructsam_core.predictor import Predictor
+    from instructsam_ros.bag_annotation import AnnotateOptions, annotate_bag
+
+    width, height = (int(v) for v in args.size.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="bench_annotate_bag_"))
+    try:
+        frames = make_frames(args.frames, height, width, seed=0)
+        bag = work / "in"
+        topic = write_bag(bag, args.storage, frames, args.compressed)
+        if args.compressed:  # predict sees what annotate-bag decodes
+            frames = [cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
+                                                             [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR),
+                                   cv2.COLOR_BGR2RGB) for f in frames]
+        start = time.perf_counter()
+        predictor = Predictor.from_pretrained(args.model, device=args.device)
+        load = time.perf_counter() - start
+        predictor.predict_batch(frames[: args.batch_size], [args.instruction] * min(args.batch_size, len(frames)))
+        predictor.predict(frames[0], args.instruction)
+        threads = {"auto": None, "on": True, "off": False}[args.io_threads]
+
+        times: dict[str, list[float]] = {"predict": [], "batch": [], "annotate": [], "inside": [], "replay": []}
+        summary = None
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            for rgb in frames:
+                predictor.predict(rgb, args.instruction)
+            times["predict"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            results = []
+            for i in range(0, len(frames), args.batch_size):
+                chunk = frames[i:i + args.batch_size]
+                results.extend(predictor.predict_batch(chunk, [args.instruction] * len(chunk)))
+            times["batch"].append(time.perf_counter() - start)
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            options = AnnotateOptions(bag=bag, out=out, topics=[topic], instruction=args.instruction,
+                                      model=args.model, device=args.device, batch_size=args.batch_size,
+                                      overlay=args.overlay, progress=False, threads=threads)
+            summary = annotate_bag(options, lambda: predictor, log=lambda _: None)
+            times["annotate"].append(summary.seconds["total"] - summary.seconds["load"])
+            times["inside"].append(summary.seconds["model"])
+            shutil.rmtree(out)
+            replayed = annotate_bag(options, lambda: Replay(results), log=lambda _: None)
+            times["replay"].append(replayed.seconds["total"])
+
+        cli_seconds = None
+        if args.cli_frames > 0:
+            start = time.perf_counter()
+            for k in range(args.cli_frames):
+                image = work / f"frame{k}.png"
+                cv2.imwrite(str(image), cv2.cvtColor(frames[k], cv2.COLOR_RGB2BGR))
+                subprocess.run([sys.executable, "-m", "instructsam_core.cli", "predict", "--model", args.model,
+                                "--device", args.device, "--image", str(image), "--instruction", args.instruction,
+                                "--out", str(work / f"predict{k}")], check=True, capture_output=True)
+            cli_seconds = (time.perf_counter() - start) / args.cli_frames
+
+        n = len(frames)
+        median = {key: statistics.median(values) for key, values in times.items()}
+        kind = "JPEG CompressedImage" if args.compressed else "raw rgb8 Image"
+        print(f"hardware: {hardware()}; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"bag: {n} frames {width}x{height} {kind} + {10 * n} std_msgs/String, {args.storage}; model {args.model} "
+              f"(loaded in {load:.1f} s); instruction {args.instruction!r}; batch size {args.batch_size}; "
+              f"overlay {'on' if args.overlay else 'off'}; io threads {args.io_threads} "
+              f"({'on' if options.use_threads else 'off'}); medians of {args.repeats}")
+        print(f"instances written per run: {sum(summary.phrases.values())}")
+        print("| what | frames/s | ms/frame |")
+        print("|---|---|---|")
+        rows = [("Predictor.predict, one call per frame (`instructsam predict`'s call)", median["predict"]),
+                (f"Predictor.predict_batch, batches of {args.batch_size} (the model alone)", median["batch"]),
+                ("annotate-bag, end to end without model loading", median["annotate"]),
+                ("  of which inside predict_batch", median["inside"]),
+                ("annotate-bag with the model's results replayed (the I/O alone)", median["replay"])]
+        for label, seconds in rows:
+            print(f"| {label} | {n / seconds:.2f} | {1e3 * seconds / n:.2f} |")
+        if cli_seconds is not None:
+            print(f"| `instructsam predict` command, one process per frame | {1 / cli_seconds:.3f} | {1e3 * cli_seconds:.0f} |")
+        outside = median["annotate"] - median["inside"]
+        print(f"I/O and conversion, annotate-bag's time outside the model: {1e3 * outside / n:.2f} ms/frame = "
+              f"{100 * outside / median['annotate']:.1f} % of its total")
+        extra = median["annotate"] - median["batch"]
+        print(f"annotate-bag against the model alone on the same batches: +{1e3 * extra / n:.2f} ms/frame = "
+              f"{100 * extra / median['annotate']:.1f} % of its total")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
