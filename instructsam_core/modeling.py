@@ -7,7 +7,8 @@ Data path of one forward pass (reference-design.md, "Model"):
   input embeddings -> phrase projector -> SAM3 prompt tokens; SAM3 image features (once per
   image) -> DETR encoder/decoder, score head, mask head -> masks [P, Q, h, w] and scores [P, Q].
   With `config.region_head` (a from-scratch option), every mask is also judged against its
-  phrase on a crop of the SAM3 input image (region_head.py) -> region logits [P, Q].
+  phrase on a crop of the SAM3 input image (region_head.py) -> region logits [P, Q]; in eval
+  mode each separate region of a mask is judged alone and the mask keeps the best one.
 
 Module names reproduce the authors' released checkpoint layout (`model.mask_queries`,
 `model.mask_hidden_fcs.0.*`, `model.text_hidden_fcs.0.*`, `model.grounding_model.model.*`,
@@ -292,7 +293,12 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
             if sam_pixel_values is None:
                 raise ValueError("the region head scores image crops: pass sam_pixel_values")
             images = sam_pixel_values.index_select(0, image_index)
-            out.region_logits = backbone.region_head(images, out.pred_masks, phrase_embeds, phrase_mask)
+            head = backbone.region_head
+            if self.training:
+                out.region_logits = head(images, out.pred_masks, phrase_embeds, phrase_mask)
+            else:
+                # Inference: each separate region of a mask is judged alone; the mask keeps the best.
+                out.region_logits, out.pred_masks = head.judge_regions(images, out.pred_masks, phrase_embeds, phrase_mask)
         return out
 
     def encode_sam_images(self, sam_pixel_values: torch.Tensor):

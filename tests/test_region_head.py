@@ -16,7 +16,9 @@ from instructsam_core.errors import UserError
 from instructsam_core.modeling import InstructSamForSegmentation
 from instructsam_core.predictor import Predictor, instance_scores
 from instructsam_core.processing import InstructSamProcessor
-from instructsam_core.region_head import CROP_MARGIN, RegionScoreHead, crop_regions, square_boxes
+from instructsam_core.region_head import (
+    CLEARED_LOGIT, CROP_MARGIN, RegionScoreHead, connected_regions, crop_regions, split_regions, square_boxes,
+)
 from instructsam_core.synth import _shape_mask
 from instructsam_core.training.criterion import LossWeights, SetCriterion
 
@@ -181,3 +183,98 @@ def test_region_head_option_saves_loads_and_scores_predictions(tiny_model_dir, t
     assert prediction.instances
     for inst in prediction.instances:
         assert inst.score == pytest.approx(float(expected[inst.phrase_index, inst.query_index]), abs=1e-5)
+
+
+def test_connected_regions_label_each_8_connected_region_of_each_mask_apart():
+    inside = torch.zeros(2, 8, 8, dtype=torch.bool)
+    inside[0, 1:3, 1:3] = True
+    inside[0, 3, 3] = True  # touches the block above only at a corner: the same region
+    inside[0, 6, 0:4] = True  # a second region
+    inside[1, 6, 0:4] = True  # the same pixels in the next mask: a region of that mask only
+    labels = connected_regions(inside)
+    assert labels.dtype == torch.int64 and bool(((labels > 0) == inside).all())
+    first = labels[0][inside[0]].unique()
+    assert len(first) == 2 and int(labels[0, 1, 1]) == int(labels[0, 3, 3]) != int(labels[0, 6, 0])
+    assert set(labels[1][inside[1]].unique().tolist()).isdisjoint(first.tolist())
+
+
+def test_split_regions_clears_the_other_regions_largest_first_and_leaves_borders_alone():
+    logits = torch.full((2, 12, 12), -1.5)
+    logits[0, 1:6, 1:6] = 3.0  # region A: 25 pixels
+    logits[0, 9:11, 8:10] = 3.0  # region B: 4 pixels
+    candidates, valid = split_regions(logits, max_regions=3)
+    assert candidates.shape == (2, 3, 12, 12)
+    assert valid.tolist() == [[True, True, False], [True, False, False]]
+    a, b = candidates[0, 0], candidates[0, 1]
+    # Candidate 0 is the region of largest mass, A: B's pixels are cleared, nothing else changes.
+    assert bool((a[1:6, 1:6] == 3.0).all()) and bool((a[9:11, 8:10] == CLEARED_LOGIT).all())
+    assert bool((b[9:11, 8:10] == 3.0).all()) and bool((b[1:6, 1:6] == CLEARED_LOGIT).all())
+    untouched = logits[0] <= 0
+    assert torch.equal(a[untouched], logits[0][untouched]) and torch.equal(b[untouched], logits[0][untouched])
+    # An empty mask is its own (only) candidate.
+    assert torch.equal(candidates[1, 0], logits[1])
+
+
+def test_judge_regions_judges_every_region_alone_and_keeps_the_best():
+    torch.manual_seed(0)
+    head = RegionScoreHead(phrase_dim=16, dim=16).eval()
+    images = torch.randn(1, 3, 48, 48)
+    phrases, phrase_mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    masks = torch.full((1, 3, 12, 12), -2.0)
+    masks[0, 0, 1:5, 1:5] = 4.0  # query 0: two regions far apart
+    masks[0, 0, 8:11, 7:11] = 4.0
+    masks[0, 1, 2:7, 3:8] = 2.0  # query 1: one region
+    # query 2: empty
+    with torch.no_grad():
+        logits, kept = head.judge_regions(images, masks, phrases, phrase_mask)
+        alone = torch.full((1, 2, 12, 12), -2.0)
+        alone[0, 0, 1:5, 1:5] = 4.0
+        alone[0, 1, 8:11, 7:11] = 4.0
+        each = head(images, alone, phrases, phrase_mask)[0]
+        whole = head(images, masks, phrases, phrase_mask)[0]
+    best = int(each.argmax())
+    # Query 0's verdict is that of its better region judged alone, not of the box around both.
+    assert float(logits[0, 0]) == pytest.approx(float(each[best]), abs=1e-5)
+    assert abs(float(whole[0]) - float(each[best])) > 1e-3
+    assert torch.equal(kept[0, 0] > 0, alone[0, best] > 0)
+    # One region and no region: judged and kept as they are.
+    assert logits[0, 1:].tolist() == pytest.approx(whole[1:].tolist(), abs=1e-5)
+    assert torch.equal(kept[0, 1:], masks[0, 1:])
+
+
+def test_at_inference_every_mask_is_one_region_while_training_judges_whole_masks(tiny_model_dir, tmp_path):
+    config = InstructSamConfig.from_pretrained(tiny_model_dir)
+    config.region_head = True
+    config.instance_score = "semantic_x_mask_x_region"
+    directory = tmp_path / "with"
+    shutil.copytree(tiny_model_dir, directory)
+    torch.manual_seed(0)
+    InstructSamForSegmentation(config).save_pretrained(directory)
+    model = InstructSamForSegmentation.from_pretrained(directory)
+    processor = InstructSamProcessor.from_pretrained(directory, model.config)
+    picture = np.random.default_rng(0).integers(0, 256, (72, 104, 3), dtype=np.uint8)
+    batch = processor([picture], ["red circles"], phrases=[["red circles"]])
+    sam = batch.pop("sam_pixel_values")
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "image_sizes")}
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()  # training mode, but both passes make the same masks
+    with torch.no_grad():
+        trained = model(**inputs, sam_pixel_values=sam, compute_logits=False)
+        inferred = model.eval()(**inputs, sam_pixel_values=sam, compute_logits=False)
+
+    def regions(masks):
+        labels = connected_regions(masks[0] > 0)
+        return [len(labels[q].unique()) - 1 for q in range(labels.shape[0])]
+
+    # The untrained masks are ragged: several queries' masks fall apart into many regions.
+    whole = regions(trained.pred_masks)
+    assert max(whole) > 1
+    # Inference keeps one region of each: the same logits there, the rest cleared.
+    assert all(n <= 1 for n in regions(inferred.pred_masks))
+    same = inferred.pred_masks == trained.pred_masks
+    assert bool((same | (inferred.pred_masks == CLEARED_LOGIT)).all())
+    assert bool((trained.pred_masks[~same] > 0).all())
+    # Training judges each mask whole; inference the kept region: different verdicts.
+    assert not torch.allclose(trained.region_logits, inferred.region_logits)
