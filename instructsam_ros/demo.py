@@ -5,7 +5,8 @@ Starts three plain processes that talk over DDS, exactly as on a robot:
      default model is not installed, saying so),
   2. a synthetic camera publishing a slowly panning scene of coloured shapes (sensor QoS),
   3. this process: it publishes the instructions (latched), prints the instances of every
-     result and writes the overlay of every result as a PNG.
+     result and writes the overlay of every result as a PNG; at the end it says, per
+     instruction, how many frames found something.
 
   instructsam-demo --seconds 8 --out instructsam_demo
 """
@@ -29,13 +30,9 @@ DEMO_NAMESPACE = "/instructsam_demo"
 
 
 # ----------------------------------------------------------------------------- camera process
-def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """A synth scene scaled to the frame size, with instructions that fit what it shows.
-
-    Returns (frame, shape names present, colour names present).
-    """
-    import cv2
-
+def demo_scene(seed: int):
+    """The synth scene (`synth.Scene`, its native size) the demo's camera shows for `seed`: the
+    first of the seed's scenes with at least three objects."""
     from instructsam_core import synth
 
     rng = np.random.default_rng(seed)
@@ -43,6 +40,17 @@ def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, lis
         scene = synth.make_scene(rng)
         if len(scene.objects) >= 3:
             break
+    return scene
+
+
+def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """The demo scene scaled to the frame size (nearest neighbour), with the names that fit it.
+
+    Returns (frame, shape names present, colour names present).
+    """
+    import cv2
+
+    scene = demo_scene(seed)
     frame = cv2.resize(scene.image, (width, height), interpolation=cv2.INTER_NEAREST)
     shapes = sorted({o.shape for o in scene.objects})
     colors = sorted({o.color for o in scene.objects})
@@ -141,6 +149,8 @@ class Recorder:
         self.order: list[int] = []
         self.first_result_at: float | None = None
         self.latencies: list[float] = []
+        # instruction -> [results, results with at least one instance], in the order first seen.
+        self.found: dict[str, list[int]] = {}
 
     def on_result(self, msg) -> None:
         key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
@@ -152,12 +162,26 @@ class Recorder:
             if self.first_result_at is None:
                 self.first_result_at = time.monotonic()
             index = len(self.order)
+            counts = self.found.setdefault(msg.instruction, [0, 0])
+            counts[0] += 1
+            counts[1] += bool(msg.instances)
         parts = [f"#{i.id} {i.phrase} {i.score:.2f} box=({i.box.x_offset},{i.box.y_offset},{i.box.width},{i.box.height})"
                  for i in msg.instances[:6]]
         more = f" (+{len(msg.instances) - 6} more)" if len(msg.instances) > 6 else ""
         print(f"frame {index:04d} [{msg.instruction!r} -> phrases {list(msg.phrases)}] "
               f"{len(msg.instances)} instances: {'; '.join(parts) or '-'}{more}", flush=True)
         self._save(key)
+
+    def summary(self, instructions: list[str]) -> list[str]:
+        """One line per instruction (those asked, then any other a result answered): how many of
+        its results found at least one instance."""
+        with self.lock:
+            found = {text: tuple(counts) for text, counts in self.found.items()}
+        lines = []
+        for text in dict.fromkeys([*instructions, *found]):
+            results, hits = found.get(text, (0, 0))
+            lines.append(f"demo: {text!r}: {hits} of {results} frames found something")
+        return lines
 
     def on_overlay(self, msg) -> None:
         key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
@@ -281,6 +305,8 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
         f"{len(saved)} overlay PNGs in {out_dir}/",
         flush=True,
     )
+    for line in recorder.summary(instructions):
+        print(line, flush=True)
     if status == 0 and not saved:
         raise UserError("no overlay was written")
     return status

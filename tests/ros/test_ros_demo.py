@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,14 @@ def test_demo_streams_prints_instances_and_writes_overlays(tiny_model_dir, tmp_p
     assert pngs and f"{len(pngs)} overlay PNGs" in result.stdout
     image = cv2.imread(str(pngs[0]))
     assert image is not None and image.shape == (120, 160, 3)
+    # At the end, per instruction: how many of its frames found something, as the frame lines say.
+    frames = re.findall(r"^frame \d+ \['(.*)' -> phrases .*\] (\d+) instances", result.stdout, re.M)
+    summary = re.findall(r"^demo: '(.*)': (\d+) of (\d+) frames found something$", result.stdout, re.M)
+    assert [text for text, _, _ in summary] == ["red circles", "blue squares"]
+    for text, hits, total in summary:
+        assert int(total) == sum(t == text for t, _ in frames)
+        assert int(hits) == sum(t == text and int(n) > 0 for t, n in frames)
+    assert int(summary[0][2]) > 0
 
 
 def test_demo_refuses_a_missing_model_in_one_line(tmp_path):
