@@ -174,6 +174,9 @@ def check_options(options: AnnotateOptions) -> None:
         raise UserError(f"topic given twice: {', '.join(duplicates)}")
     if options.phrases is not None and not any(p.strip() for p in options.phrases):
         raise UserError("--phrases were given but all are empty")
+    device = options.device
+    if not (device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     if options.storage is not None and options.storage not in STORAGES:
         raise UserError(f"--storage must be one of {', '.join(STORAGES)}, got {options.storage!r}")
 
@@ -419,6 +422,14 @@ class RunState:
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def owned(self) -> bool:
+        """This run holds the directory's lock."""
+        return self._lock_handle is not None
+
+    def holds_results(self) -> bool:
+        return self.frames_file.is_file() and self.frames_file.stat().st_size > 0
 
 
 def _differences(previous: dict | None, now: dict) -> str:
@@ -933,6 +944,7 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
     summary.seconds.update(count=0.0, load=0.0, decode=0.0, model=0.0, record=0.0, finish=0.0)
     state = RunState(options.out)
     output = None
+    finished = False
     try:
         topics = resolve_topics(reader, options.bag, options.topics)
         window = time_window(reader, options.start, options.end)
@@ -964,12 +976,14 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
         os.replace(staging, options.out)
         _fsync_dir(options.out.parent)
         summary.seconds["finish"] = time.perf_counter() - start
+        finished = True
     finally:
         if output is not None:
             output.abort()
         reader.close()
+        if finished or (state.owned and not state.holds_results()):
+            state.remove()  # done, or failed before any result worth resuming from
         state.close()
-    state.remove()
     summary.seconds["total"] = time.perf_counter() - wall
     return summary
 

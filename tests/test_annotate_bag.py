@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 from bagmaker import coco, deserialize, files_of, first_scene_phrase, full_mask, mono16, read_bag, write_bag
@@ -362,10 +363,19 @@ def test_topic_of_another_type(good_bag, tmp_path, tiny_model_dir, capsys):
     (["--start", "4", "--end", "2"], "--end"),
     (["--start", "-1"], "--start"),
     (["--start", "100"], "no frames"),
+    (["--device", "gpu0"], "unknown device"),
 ])
 def test_bad_arguments(good_bag, tmp_path, tiny_model_dir, capsys, extra, words):
     assert words in _fails(capsys, *_args(good_bag, tmp_path / "out", tiny_model_dir, *extra))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_model_that_cannot_load_leaves_nothing_behind(good_bag, tmp_path, tiny_model_dir, capsys):
+    """The model loads only once frames need it (after the bag and topics were checked)."""
+    error = _fails(capsys, *_args(good_bag, tmp_path / "out", tiny_model_dir, "--device", "cuda"))
+    assert "no CUDA GPU" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_output_is_never_overwritten_without_overwrite(good_bag, tmp_path, tiny_model_dir, capsys):

@@ -53,11 +53,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Arguments, the bag and its topics are checked before the model side (torch, transformers)
+    # is imported: bag_annotation imports neither, and loads the model only when a frame needs it.
     try:
         from instructsam_ros.bag_annotation import AnnotateOptions, annotate_bag, check_options, format_summary
     except ImportError as error:
         raise UserError(f"annotate-bag needs rosbags and rosbags-image: pip install -e '.[ros]' ({error})") from None
-    from instructsam_core.predictor import Predictor, check_device, check_instruction
+    from instructsam_core.tokens import check_instruction
 
     options = AnnotateOptions(
         bag=args.bag, out=args.out, topics=list(args.topics), instruction=check_instruction(args.instruction),
@@ -68,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
         threads={"auto": None, "on": True, "off": False}[args.io_threads],
     )
     check_options(options)
-    check_device(options.device)
 
-    def load_predictor() -> Predictor:
+    def load_predictor():
+        from instructsam_core.predictor import Predictor  # the loading `instructsam predict` uses
+
         return Predictor.from_pretrained(options.model, device=options.device, dtype=options.dtype,
                                          threshold=options.threshold, max_instances=options.max_instances)
 
