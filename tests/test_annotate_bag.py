@@ -232,7 +232,7 @@ def _command(bag: Path, out: Path, model: Path) -> list[str]:
 
 def test_killed_run_resumes_to_the_same_bytes(tmp_path, tiny_model_dir):
     bag = tmp_path / "in"
-    frames = 12
+    frames = 20  # per topic: 20 batches of 2 in all, so the kill after 3 leaves most to do
     write_bag(bag, "sqlite3", TWO_TOPICS, frames=frames, size=(240, 320))
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
