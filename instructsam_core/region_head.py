@@ -161,7 +161,8 @@ class RegionScoreHead(nn.Module):
         phrases, queries = mask_logits.shape[:2]
         masks = mask_logits.detach()
         boxes = square_boxes(masks.flatten(0, 1)).view(phrases, queries, 3)
-        crops = crop_regions(images.detach(), masks, boxes, self.crop_size)
+        # In the head's own dtype: the SAM3 pixels stay float32 when the model runs in bfloat16.
+        crops = crop_regions(images.detach(), masks, boxes, self.crop_size).to(self.bias.dtype)
         region = self.encoder(crops.flatten(0, 1)).view(phrases, queries, -1)
         tokens = self.phrase_in(phrase_embeds.detach().to(region.dtype))
         scale = 1.0 / math.sqrt(region.shape[-1])

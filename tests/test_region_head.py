@@ -278,3 +278,21 @@ def test_at_inference_every_mask_is_one_region_while_training_judges_whole_masks
     assert bool((trained.pred_masks[~same] > 0).all())
     # Training judges each mask whole; inference the kept region: different verdicts.
     assert not torch.allclose(trained.region_logits, inferred.region_logits)
+
+
+def test_the_head_runs_in_bfloat16_on_float32_pixels():
+    # A model in bfloat16 (the default on a GPU that has it) keeps SAM3's pixels in float32.
+    torch.manual_seed(0)
+    head = RegionScoreHead(phrase_dim=16, dim=16).eval()
+    images = torch.randn(1, 3, 48, 48)
+    masks = torch.full((1, 2, 12, 12), -2.0)
+    masks[0, 0, 2:6, 2:6] = 3.0
+    masks[0, 1, 7:11, 6:10] = 3.0
+    phrases, phrase_mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        full = head(images, masks, phrases, phrase_mask)
+        head.to(torch.bfloat16)
+        half = head(images, masks.bfloat16(), phrases.bfloat16(), phrase_mask)
+        judged, kept = head.judge_regions(images, masks.bfloat16(), phrases.bfloat16(), phrase_mask)
+    assert half.dtype == torch.bfloat16 and judged.dtype == torch.bfloat16 and kept.dtype == torch.bfloat16
+    assert half.float()[0].tolist() == pytest.approx(full[0].tolist(), abs=0.05)
