@@ -27,9 +27,14 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 def image_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """[H, W, 3] uint8 array -> [3, H, W] uint8 tensor on `device` (one host-to-device copy).
 
-    A channels-last view of the array's own memory: nothing is transposed or copied on the CPU.
+    A channels-last view of the array's own memory: nothing is transposed or copied on the CPU,
+    unless the array is read-only (a frame decoded in place from a message or a bag), which torch
+    does not wrap without a warning: that one is copied (0.3 ms at 720p).
     """
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True).permute(2, 0, 1)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(device, non_blocking=True).permute(2, 0, 1)
 
 
 def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:

@@ -419,3 +419,15 @@ def test_a_bad_preprocessor_config_is_named(release_dir, tmp_path, content, expe
     (target / "preprocessor_config.json").write_text(text)
     with pytest.raises(CheckpointError, match=expected):
         InstructSamProcessor.from_pretrained(target)
+
+
+def test_read_only_frames_are_taken_without_a_warning():
+    """Frames decoded in place from a ROS message or a bag are read-only arrays."""
+    import warnings
+
+    picture = _picture(30, 40)
+    picture.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = image_tensor(picture)
+    assert torch.equal(tensor.permute(1, 2, 0), torch.from_numpy(picture.copy()))
