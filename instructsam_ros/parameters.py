@@ -7,12 +7,19 @@ fails later.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from instructsam_core.tokens import MAX_INSTRUCTION_CHARS  # one limit for the CLI and the node
+
+# Limits on fixed phrases, shared by the `phrases` parameter and the Segment service: every
+# phrase is a row of the model's batch (10 queries, a mask each), so a request with a thousand
+# phrases would hold the model for a minute and grow the process by hundreds of megabytes.
+MAX_PHRASES = 32
+MAX_PHRASE_CHARS = 200
 
 # When a change takes effect.
 START = "start"  # read once when the node starts
@@ -62,11 +69,15 @@ def _instruction(value: Any) -> str | None:
     return None if len(value) <= MAX_INSTRUCTION_CHARS else f"is longer than {MAX_INSTRUCTION_CHARS} characters"
 
 
-def _phrases(value: Any) -> str | None:
-    if any(not p.strip() for p in value):
+def phrase_list_problem(phrases: list[str]) -> str | None:
+    """Why a list of fixed phrases is refused (None when it is acceptable)."""
+    if len(phrases) > MAX_PHRASES:
+        return f"may hold at most {MAX_PHRASES} phrases, got {len(phrases)}"
+    if any(not p.strip() for p in phrases):
         return "must not contain empty phrases"
-    if len(value) > 32:
-        return "may hold at most 32 phrases"
+    longest = max((len(p.strip()) for p in phrases), default=0)
+    if longest > MAX_PHRASE_CHARS:
+        return f"must not contain a phrase longer than {MAX_PHRASE_CHARS} characters (one has {longest})"
     return None
 
 
@@ -115,10 +126,13 @@ def validate(name: str, value: Any) -> str | None:
             return None  # an empty list of any element type (YAML `[]` has none)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             return f"{name} must be a list of strings"
-        reason = _phrases(value)
+        reason = phrase_list_problem(list(value))
         return f"{name} {reason}" if reason else None
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         return f"{name} must be of type {expected.__name__}, got {type(value).__name__}"
+    if expected is float and not math.isfinite(value):
+        # NaN passes every range comparison (all are False), so it is refused by name.
+        return f"{name} must be a finite number, got {value}"
     if entry.check is None:
         return None
     reason = entry.check(value)

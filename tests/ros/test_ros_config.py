@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import yaml
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
 from instructsam_ros.diagnostics import FrameTiming, StreamStats, build_diagnostics
-from instructsam_ros.parameters import PARAMETER_NAMES, PARAMETERS, validate
+from instructsam_ros.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
 from instructsam_ros.qos import instruction_qos, stream_qos
 from instructsam_ros.segment_node import ProblemLog, use_large_data_profile
 
@@ -45,6 +46,25 @@ def test_every_default_is_valid():
 def test_bad_values_are_refused_with_a_reason(name, value, words):
     reason = validate(name, value)
     assert reason is not None and words in reason and reason.startswith(name)
+
+
+FLOAT_PARAMETERS = [entry.name for entry in PARAMETERS if isinstance(entry.default, float)]
+
+
+@pytest.mark.parametrize("name", FLOAT_PARAMETERS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_parameter_refuses_non_finite_values(name, value):
+    # NaN passes every range comparison: as threshold it dropped every frame, as max_frame_age
+    # it never dropped one.
+    assert validate(name, value) == f"{name} must be a finite number, got {value}"
+
+
+def test_phrase_limits_are_one_rule_for_the_parameter_and_the_service():
+    assert phrase_list_problem(["cup"] * MAX_PHRASES) is None and validate("phrases", ["cup"] * MAX_PHRASES) is None
+    assert phrase_list_problem(["cup"] * (MAX_PHRASES + 1)) == f"may hold at most {MAX_PHRASES} phrases, got {MAX_PHRASES + 1}"
+    assert validate("phrases", ["cup"] * 1000) == "phrases may hold at most 32 phrases, got 1000"
+    assert "longer than 200 characters" in validate("phrases", ["cup", "x" * 201])
+    assert phrase_list_problem(["x" * 200]) is None
 
 
 @pytest.mark.parametrize(

@@ -1,21 +1,26 @@
 """Parameter handling of SegmentNode, in process (no model is loaded before configure)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 from rclpy.parameter import Parameter
 
 from instructsam_ros.parameters import PARAMETERS
 from instructsam_ros.segment_node import SegmentNode
 
+FLOAT_PARAMETERS = [entry for entry in PARAMETERS if isinstance(entry.default, float)]
+
 
 @pytest.fixture
 def make_node(harness):
     nodes = []
 
-    def make(**overrides):
+    def make(cli_args=None, **overrides):
         node = SegmentNode(
             "param_test_node",
             context=harness.context,
+            cli_args=cli_args,
             parameter_overrides=[Parameter(name, value=value) for name, value in overrides.items()],
         )
         nodes.append(node)
@@ -57,3 +62,17 @@ def test_runtime_changes_are_validated_and_applied(make_node):
     assert node.instruction.snapshot() == ("find the cups", 1, ["cup", "mug"])
     assert node.set_parameters([Parameter("instruction", value="find the cups")])[0].successful
     assert node.instruction.snapshot()[1] == 2  # the same text again is a new instruction
+
+
+def test_non_finite_floats_are_refused_from_the_command_line_and_at_run_time(make_node):
+    # `--ros-args -p threshold:=.nan` is YAML's NaN: it used to be accepted, drop every frame,
+    # and make the next configure blame the model.
+    node = make_node(cli_args=["--ros-args", "-p", "threshold:=.nan", "-p", "max_frame_age:=.inf"])
+    assert node.get_parameter("threshold").value == 0.3
+    assert node.get_parameter("max_frame_age").value == 0.5
+    assert node._settings["threshold"] == 0.3
+    for entry in FLOAT_PARAMETERS:
+        for value in (math.nan, math.inf):
+            refused = node.set_parameters([Parameter(entry.name, value=value)])[0]
+            assert not refused.successful and refused.reason == f"{entry.name} must be a finite number, got {value}"
+        assert node.get_parameter(entry.name).value == entry.default
