@@ -61,16 +61,30 @@ SUPPORTED_ENCODINGS: dict[str, tuple[int, int]] = {
 MAX_COMPRESSED_BYTES = 64 * 1024 * 1024
 
 
+# Encodings of compressed formats: a raw sensor_msgs/Image claiming one of these carries a
+# compressed payload that belongs in a sensor_msgs/CompressedImage.
+COMPRESSED_FORMATS = frozenset({"jpeg", "jpg", "png", "tiff", "webp", "bmp"})
+
+
 class BadImageError(UserError):
-    """A frame that cannot be used; the message names the problem in one line."""
+    """A frame that cannot be used; the message names the problem in one line.
+
+    `kind` names the rule the frame broke (e.g. "short_data"), so that reports can be grouped
+    and rate-limited per reason without parsing the message.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _check_size(height: int, width: int, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
-        raise BadImageError(f"empty image ({width}x{height})")
+        raise BadImageError(f"empty image ({width}x{height})", "empty_image")
     if height * width > max_pixels:
         raise BadImageError(
-            f"image {width}x{height} has {height * width} pixels, more than max_input_pixels={max_pixels}"
+            f"image {width}x{height} has {height * width} pixels, more than max_input_pixels={max_pixels}",
+            "too_many_pixels",
         )
 
 
@@ -93,20 +107,32 @@ def image_msg_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     For packed rgb8 the result is a zero-copy view of the message buffer.
     """
     encoding = msg.encoding.strip().lower()
+    if not encoding:
+        raise BadImageError("image has no encoding (set Image.encoding, e.g. 'rgb8')", "no_encoding")
+    if encoding in COMPRESSED_FORMATS:
+        raise BadImageError(
+            f"encoding {msg.encoding!r} is a compressed format: send it as sensor_msgs/CompressedImage "
+            "on image/compressed with use_compressed:=true",
+            "compressed_in_raw_image",
+        )
     if encoding not in SUPPORTED_ENCODINGS:
         supported = ", ".join(sorted(SUPPORTED_ENCODINGS))
-        raise BadImageError(f"unsupported encoding {msg.encoding!r} (supported: {supported})")
+        raise BadImageError(f"unsupported encoding {msg.encoding!r} (supported: {supported})", "unsupported_encoding")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     _check_size(height, width, max_pixels)
     pixel_bytes, _ = SUPPORTED_ENCODINGS[encoding]
     row_bytes = width * pixel_bytes
     if encoding in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2") and width % 2:
-        raise BadImageError(f"{encoding} needs an even width, got {width}")
+        raise BadImageError(f"{encoding} needs an even width, got {width}", "odd_width")
     if step < row_bytes:
-        raise BadImageError(f"step {step} is shorter than a row of {width} {encoding} pixels ({row_bytes} bytes)")
+        raise BadImageError(
+            f"step {step} is shorter than a row of {width} {encoding} pixels ({row_bytes} bytes)", "short_step"
+        )
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size != step * height:
-        raise BadImageError(f"data has {data.size} bytes, expected step x height = {step} x {height} = {step * height}")
+        raise BadImageError(
+            f"data has {data.size} bytes, expected step x height = {step} x {height} = {step * height}", "data_size"
+        )
     if step != row_bytes:
         # Drop the row padding so rosbags-image sees packed rows.
         data = np.ascontiguousarray(data.reshape(height, step)[:, :row_bytes]).reshape(-1)
@@ -114,7 +140,7 @@ def image_msg_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     try:
         rgb = image_to_cvimage(packed, "rgb8")
     except (ImageError, cv2.error, ValueError, TypeError) as error:
-        raise BadImageError(f"cannot convert {encoding} to rgb8: {error}") from error
+        raise BadImageError(f"cannot convert {encoding} to rgb8: {error}", "conversion_failed") from error
     return _as_rgb8(rgb, height, width)
 
 
@@ -122,22 +148,24 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
     """Decode a `sensor_msgs/CompressedImage` (JPEG, PNG, ...) to an HxWx3 uint8 RGB array."""
     size = len(msg.data)
     if size == 0:
-        raise BadImageError("compressed image has no data")
+        raise BadImageError("compressed image has no data", "compressed_empty")
     if size > MAX_COMPRESSED_BYTES:
-        raise BadImageError(f"compressed image of {size} bytes exceeds {MAX_COMPRESSED_BYTES} bytes")
+        raise BadImageError(f"compressed image of {size} bytes exceeds {MAX_COMPRESSED_BYTES} bytes", "compressed_too_large")
     # Read the size from the header before decoding: a small PNG can hold a huge image.
     try:
         with PILImage.open(io.BytesIO(memoryview(msg.data))) as probe:
             width, height = probe.size
     except (OSError, ValueError, PILImage.DecompressionBombError) as error:
-        raise BadImageError(f"compressed image ({msg.format or 'no format'}) could not be decoded: {error}") from error
+        raise BadImageError(
+            f"compressed image ({msg.format or 'no format'}) could not be decoded: {error}", "undecodable"
+        ) from error
     _check_size(height, width, max_pixels)
     try:
         decoded = compressed_image_to_cvimage(msg, None)
     except (ImageError, cv2.error, AssertionError) as error:
-        raise BadImageError(f"compressed image ({msg.format or 'no format'}) could not be decoded") from error
+        raise BadImageError(f"compressed image ({msg.format or 'no format'}) could not be decoded", "undecodable") from error
     if decoded is None:
-        raise BadImageError(f"compressed image ({msg.format or 'no format'}) could not be decoded")
+        raise BadImageError(f"compressed image ({msg.format or 'no format'}) could not be decoded", "undecodable")
     if decoded.dtype == np.uint16:
         decoded = (decoded / 257.0).round().astype(np.uint8)
     if decoded.ndim == 2:
@@ -156,7 +184,7 @@ def _as_rgb8(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     if rgb.ndim == 2:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
     if rgb.shape != (height, width, 3):
-        raise BadImageError(f"decoded image has shape {rgb.shape}, expected {(height, width, 3)}")
+        raise BadImageError(f"decoded image has shape {rgb.shape}, expected {(height, width, 3)}", "conversion_failed")
     return rgb
 
 
@@ -193,7 +221,7 @@ def image_msg_to_array(msg: Image) -> np.ndarray:
     """Raw pixels of an rgb8, bgr8, mono8 or mono16 message as an array (for clients and tests)."""
     layouts = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1), "mono16": (np.uint16, 1)}
     if msg.encoding not in layouts:
-        raise BadImageError(f"image_msg_to_array reads rgb8, bgr8, mono8 or mono16, not {msg.encoding!r}")
+        raise BadImageError(f"image_msg_to_array reads rgb8, bgr8, mono8 or mono16, not {msg.encoding!r}", "unsupported_encoding")
     dtype, channels = layouts[msg.encoding]
     dtype = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step) if msg.height else np.zeros((0, 0), np.uint8)

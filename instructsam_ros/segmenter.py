@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,16 +25,26 @@ from instructsam_ros.tracking import InstanceTracker, sequential_ids
 
 
 class BadInstructionError(UserError):
-    """An instruction the node refuses (empty or too long)."""
+    """An instruction the node refuses; `kind` is "empty_instruction" or "long_instruction"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class DeviceUnavailableError(UserError):
+    """The `device` parameter names a device this machine does not have."""
 
 
 def clean_instruction(text: str) -> str:
     """The instruction as used (trimmed), or BadInstructionError naming the problem."""
     cleaned = text.strip()
     if not cleaned:
-        raise BadInstructionError("empty instruction ignored")
+        raise BadInstructionError("empty instruction ignored", "empty_instruction")
     if len(cleaned) > MAX_INSTRUCTION_CHARS:
-        raise BadInstructionError(f"instruction of {len(cleaned)} characters ignored (at most {MAX_INSTRUCTION_CHARS})")
+        raise BadInstructionError(
+            f"instruction of {len(cleaned)} characters ignored (at most {MAX_INSTRUCTION_CHARS})", "long_instruction"
+        )
     return cleaned
 
 
@@ -122,9 +133,16 @@ class Segmenter:
         max_instances: int,
         regenerate_period: float = 0.0,
         empty_retry_period: float = 1.0,
-    ) -> SegmentResult:
-        """One streaming frame: fixed phrases, cached phrases, or generation when needed."""
+        admit: Callable[[], bool] | None = None,
+    ) -> SegmentResult | None:
+        """One streaming frame: fixed phrases, cached phrases, or generation when needed.
+
+        `admit` is asked once the model is free (a service call may have held it for a long
+        time): when it returns False the frame is not processed and None is returned.
+        """
         with self._model_lock:
+            if admit is not None and not admit():
+                return None
             now = time.monotonic()
             generated = False
             start = time.perf_counter()
@@ -192,12 +210,29 @@ class Segmenter:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> cuda when available, else cpu."""
-    if device != "auto":
-        return device
+    """`auto` -> cuda when available, else cpu; a device this machine lacks is refused by name.
+
+    Checked before the model is built, so that a wrong `device` is reported as such and not as
+    a model that failed to load.
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+            raise DeviceUnavailableError(f"device {device!r} is not available: this machine has no usable CUDA device ({build})")
+        count = torch.cuda.device_count()
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            names = ", ".join(f"cuda:{i}" for i in range(count))
+            raise DeviceUnavailableError(f"device {device!r} does not exist: this machine has {count} CUDA device(s): {names}")
+    elif device == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise DeviceUnavailableError("device 'mps' is not available on this machine")
+    return device
 
 
 def load_segmenter(model: str, device: str, dtype: str, threshold: float, warmup: bool) -> tuple[Segmenter, float]:

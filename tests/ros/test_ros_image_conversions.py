@@ -107,6 +107,37 @@ def test_malformed_images_are_refused_with_a_reason(msg, words):
         image_msg_to_rgb(msg, BIG)
 
 
+def test_every_rejection_reason_has_a_kind_of_its_own():
+    """The node rate-limits its warnings per kind: reasons that share a kind would hide each other."""
+    cases = {
+        "compressed_in_raw_image": make_msg("jpeg", 2, 3, 9, bytes(18)),
+        "no_encoding": make_msg("", 2, 3, 9, bytes(18)),
+        "unsupported_encoding": make_msg("32FC1", 1, 1, 4, bytes(4)),
+        "data_size": make_msg("rgb8", 2, 3, 9, bytes(17)),
+        "short_step": make_msg("rgb8", 2, 3, 8, bytes(16)),
+        "empty_image": make_msg("rgb8", 0, 0, 0, b""),
+        "odd_width": make_msg("yuv422", 1, 3, 6, bytes(6)),
+        "too_many_pixels": make_msg("mono8", 10, 10, 10, bytes(100)),
+    }
+    kinds = {}
+    for expected, msg in cases.items():
+        with pytest.raises(BadImageError) as caught:
+            image_msg_to_rgb(msg, 99)
+        kinds[expected] = caught.value.kind
+    assert kinds == {kind: kind for kind in cases}
+    # A raw Image carrying JPEG bytes is told where compressed images go; no encoding is named.
+    with pytest.raises(BadImageError, match="CompressedImage on image/compressed"):
+        image_msg_to_rgb(make_msg("JPEG", 2, 3, 9, bytes(18)), BIG)
+    with pytest.raises(BadImageError, match="no encoding"):
+        image_msg_to_rgb(make_msg("  ", 2, 3, 9, bytes(18)), BIG)
+    compressed_kinds = []
+    for data in (b"", b"\xff\xd8 not a jpeg"):
+        with pytest.raises(BadImageError) as caught:
+            compressed_msg_to_rgb(_compressed(data, "jpeg"), BIG)
+        compressed_kinds.append(caught.value.kind)
+    assert compressed_kinds == ["compressed_empty", "undecodable"]
+
+
 def test_images_over_the_pixel_limit_are_refused():
     msg = make_msg("mono8", 10, 10, 10, bytes(100))
     assert image_msg_to_rgb(msg, 100).shape == (10, 10, 3)

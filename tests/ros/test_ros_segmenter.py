@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instructsam_ros.segmenter import BadInstructionError, InstructionState, load_segmenter
+import torch
+
+from instructsam_ros.segmenter import BadInstructionError, DeviceUnavailableError, InstructionState, load_segmenter, resolve_device
 
 REASONING = "which shapes could roll like a wheel?"  # not a bare phrase: needs generation
 
@@ -91,3 +93,26 @@ def test_instruction_state_refuses_empty_and_long_instructions():
         state.set("x" * 2001)
     assert state.set("find the cups") == ("find the cups", 2)  # the same text again is a new instruction
     assert state.snapshot()[:2] == ("find the cups", 2)
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_model_is_built():
+    missing = f"cuda:{torch.cuda.device_count() + 6}"
+    with pytest.raises(DeviceUnavailableError, match=f"device '{missing}' (is not available|does not exist)"):
+        resolve_device(missing)
+    # Refused before the model directory is even read.
+    with pytest.raises(DeviceUnavailableError, match=missing):
+        load_segmenter("/nonexistent/model_dir", missing, "auto", 0.3, warmup=False)
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_stream_asks_whether_a_frame_is_still_wanted_once_the_model_is_free(segmenter):
+    asked = []
+
+    def stale() -> bool:
+        asked.append(segmenter._model_lock.locked())
+        return False
+
+    assert stream(segmenter, frame(8), "ring", 1, fixed=["ring"], admit=stale) is None
+    assert asked == [True]  # asked while holding the model, not before waiting for it
+    assert stream(segmenter, frame(8), "ring", 1, fixed=["ring"], admit=lambda: True) is not None
