@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -30,11 +29,13 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.time import Time
+from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from diagnostic_msgs.msg import DiagnosticArray
 
 from instructsam_core.errors import UserError
+from instructsam_ros.dds_profile import frame_limit_report, use_large_data_profile  # noqa: F401 - re-exported
 from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics
 from instructsam_ros.image_conversions import BadImageError, array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
@@ -47,7 +48,6 @@ from instructsam_ros.segmenter import BadInstructionError, InstructionState, Seg
 from instructsam_ros.interfaces import Segment
 
 NODE_NAME = "segment_node"
-FASTDDS_PROFILE = Path(__file__).resolve().parent / "config" / "fastdds_large_data.xml"
 # A stamp further than this from the node's clock is taken as being on another clock
 # (e.g. a camera's time since boot): frame age then falls back to time since arrival.
 MAX_PLAUSIBLE_AGE_S = 60.0
@@ -209,6 +209,7 @@ class SegmentNode(LifecycleNode):
         self.get_logger().info(
             f"listening on {image_sub.topic_name} ({s['image_qos_reliability']}, depth {s['image_qos_depth']})"
         )
+        self.get_logger().info(frame_limit_report(os.environ, get_rmw_implementation_identifier()))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -425,18 +426,6 @@ class SegmentNode(LifecycleNode):
             self.stats, extra, self.get_clock().now().to_msg(), device,
         )
         self._diag_pub.publish(array)
-
-
-def use_large_data_profile(environ: dict[str, str] | os._Environ = os.environ) -> None:
-    """Point Fast DDS at the packaged large-data profile unless the user chose one.
-
-    Must run before rclpy.init(). Set INSTRUCTSAM_FASTDDS_PROFILE=0 to keep Fast DDS defaults.
-    """
-    if environ.get("INSTRUCTSAM_FASTDDS_PROFILE", "1") == "0":
-        return
-    if environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or environ.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
-        return
-    environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ Then publish an instruction (latched):
       "data: 'segment the cups'"
 
 Every process of the pipeline should use the same Fast DDS large-data profile (the camera
-driver too): `fastdds_profile` is exported as FASTDDS_DEFAULT_PROFILES_FILE for this launch.
+driver too): `fastdds_profile` is exported as FASTDDS_DEFAULT_PROFILES_FILE (read by Fast DDS 3,
+Kilted) and FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2: Humble, Jazzy) for this launch. For
+frames over 16 MiB (3840x2160 rgb8 and larger) pass config/fastdds_large_frames.xml.
 Parameters not exposed as launch arguments are in config/segment_node.yaml (`params_file`).
 Kept thin on purpose: everything it sets is a parameter the node declares (tested).
 """
@@ -31,7 +33,7 @@ def generate_launch_description():
         DeclareLaunchArgument("threshold", default_value="0.3", description="minimum instance score"),
         DeclareLaunchArgument("autostart", default_value="true", description="configure and activate on start"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([config, "segment_node.yaml"]), description="parameter YAML"),
-        DeclareLaunchArgument("fastdds_profile", default_value=PathJoinSubstitution([config, "fastdds_large_data.xml"]), description="Fast DDS profile for large images"),
+        DeclareLaunchArgument("fastdds_profile", default_value=PathJoinSubstitution([config, "fastdds_large_data.xml"]), description="Fast DDS profile: fastdds_large_data.xml (16 MiB messages) or fastdds_large_frames.xml (64 MiB)"),
     ]
     image = LaunchConfiguration("image")
     node = Node(
@@ -57,6 +59,7 @@ def generate_launch_description():
         [
             *arguments,
             SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+            SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
             node,
         ]
     )

@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 # Must be set before rclpy is initialised anywhere in this process.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
-os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "instructsam_ros" / "config" / "fastdds_large_data.xml")
+# Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Jazzy) the second.
+os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(
+    REPO / "instructsam_ros" / "config" / "fastdds_large_data.xml"
+)
 
 
 def _build_interfaces() -> None:

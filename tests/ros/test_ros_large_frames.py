@@ -1,0 +1,54 @@
+"""Frames over 16 MiB (4000x3000 and 4096x2160 rgb8) reach the node with the large-frames profile.
+
+The packaged default profile carries messages up to 16 MiB; a 4000x3000 rgb8 frame is 34 MiB.
+Here the node and a camera process both use config/fastdds_large_frames.xml, as its README
+section says; the test process (16 MiB profile) only receives the node's small results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from instructsam_ros.dds_profile import LARGE_FRAMES_PROFILE
+from rosprobe import REPO, Probe, wait_for
+
+NS = "/large_frames_test"
+SIZES = ("4000x3000", "4096x2160")
+
+
+def test_large_frames_profile_delivers_4000x3000_and_4096x2160_rgb8(start_node, tiny_model_dir, harness, tmp_path):
+    profile = {name: str(LARGE_FRAMES_PROFILE) for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}
+    probe = Probe(harness, NS)
+    probe.instruct("red circle")
+    # Threshold 1: no instances, so every result is small whatever the frame size.
+    node = start_node(NS, {"model": str(tiny_model_dir), "device": "cpu", "warmup": False, "threshold": 1.0,
+                           "max_frame_age": 5.0}, env=profile)
+    camera = None
+    try:
+        wait_for(lambda: "images up to 64 MiB" in node.log(), 90, "the node to report the large-frames profile")
+        probe.wait_connected(timeout=60)
+        out = open(tmp_path / "camera.jsonl", "w")
+        camera = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("publish_frames.py")), f"{NS}/image", ",".join(SIZES), "4", "2"],
+            env={**os.environ, **profile, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        assert camera.wait(timeout=120) == 0, (tmp_path / "camera.jsonl").read_text()[-2000:]
+        out.close()
+        sent = [json.loads(line) for line in (tmp_path / "camera.jsonl").read_text().splitlines() if line.startswith("{")]
+
+        def answered(size: str) -> list:
+            stamps = {entry["stamp_ns"] for entry in sent if entry["size"] == size}
+            return [r for r in list(probe.results) if r.header.stamp.sec * 10**9 + r.header.stamp.nanosec in stamps]
+
+        for size in SIZES:
+            results = wait_for(lambda: answered(size), 30, f"a result for a {size} frame")
+            width, height = (int(v) for v in size.split("x"))
+            assert (results[0].width, results[0].height, results[0].header.frame_id) == (width, height, size)
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.kill()
+        probe.close()
+        node.stop()
