@@ -2,7 +2,7 @@
 
 Topics (relative names, so namespaces and remaps give one node per camera):
   in   image (sensor_msgs/Image) or image/compressed (use_compressed:=true)
-  in   instruction (std_msgs/String, reliable + transient local)
+  in   instruction (std_msgs/String; any publisher: volatile, or transient local and latched)
   out  segmentation (instructsam_ros/InstanceSegmentation), label_image (mono16),
        overlay (rgb8, only while subscribed), /diagnostics
   srv  segment (instructsam_ros/Segment): one image + instruction -> InstanceSegmentation
@@ -11,7 +11,8 @@ Threading: the image callback only drops the frame into a one-slot buffer; an in
 thread takes the newest frame, so latency is bounded by one inference whatever the camera
 rate, and a multi-threaded executor keeps services, parameters and lifecycle transitions
 responsive during inference. Bad input (frames, instructions, a model that fails to load)
-never stops the node: it is dropped, counted, and reported in a rate-limited warning.
+never stops the node: it is dropped, counted, and reported in a warning rate-limited per
+reason.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -41,10 +44,17 @@ from instructsam_ros.image_conversions import BadImageError, array_to_image_msg,
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
 from instructsam_ros.interfaces import InstanceSegmentation
 from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.parameters import CONFIGURE, PARAMETERS, clean_phrases, spec, validate
+from instructsam_ros.parameters import CONFIGURE, PARAMETERS, clean_phrases, phrase_list_problem, spec, validate
 from instructsam_ros.frame_slot import LatestSlot
-from instructsam_ros.qos import instruction_qos, stream_qos
-from instructsam_ros.segmenter import BadInstructionError, InstructionState, Segmenter, clean_instruction, load_segmenter
+from instructsam_ros.qos import instruction_qos, live_instruction_qos, stream_qos
+from instructsam_ros.segmenter import (
+    BadInstructionError,
+    DeviceUnavailableError,
+    InstructionState,
+    Segmenter,
+    clean_instruction,
+    load_segmenter,
+)
 from instructsam_ros.interfaces import Segment
 
 NODE_NAME = "segment_node"
@@ -60,7 +70,11 @@ class Frame:
 
 
 class ProblemLog:
-    """Rate-limited warnings, one stream per kind of problem, counting what was held back."""
+    """Rate-limited warnings, one stream per kind of problem, counting what was held back.
+
+    Kinds are the reasons an input is refused (`BadImageError.kind`, `BadInstructionError.kind`,
+    "stale", ...), so the first rejection of every kind is always logged.
+    """
 
     def __init__(self, logger, period_s: float = 2.0) -> None:
         self._logger = logger
@@ -79,6 +93,21 @@ class ProblemLog:
             self._last[kind] = now
         suffix = f" ({held} more like this since the last report)" if held else ""
         self._logger.warning(message + suffix)
+
+
+class RecentMessages:
+    """Identities of the last messages seen, so that a message received twice is applied once."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._seen: deque[tuple] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def first_time(self, key: tuple) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.append(key)
+            return True
 
 
 class SegmentNode(LifecycleNode):
@@ -121,9 +150,19 @@ class SegmentNode(LifecycleNode):
 
         # Instructions are accepted in every state, so one published before the node is
         # configured (or even started: transient local) applies as soon as frames flow.
+        # Two subscriptions: a volatile one matches every publisher (default-QoS tools such as
+        # `ros2 topic pub` included); a transient-local one also gets the instruction latched by
+        # a publisher started earlier, but cannot match volatile publishers (its "incompatible
+        # QoS" reports are expected and silenced). A message from a transient-local publisher
+        # reaches both and is applied once (`_recent_instructions`).
+        self._recent_instructions = RecentMessages()
+        instruction_group = MutuallyExclusiveCallbackGroup()
         instruction_sub = self.create_subscription(
-            String, "instruction", self._on_instruction, instruction_qos(),
-            callback_group=MutuallyExclusiveCallbackGroup(),
+            String, "instruction", self._on_instruction, live_instruction_qos(), callback_group=instruction_group,
+        )
+        self._latched_instruction_sub = self.create_subscription(
+            String, "instruction", self._on_instruction, instruction_qos(), callback_group=instruction_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None),
         )
         self._instruction_topic = instruction_sub.topic_name
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -162,14 +201,18 @@ class SegmentNode(LifecycleNode):
         try:
             cleaned, instruction_id = self.instruction.set(text)
         except BadInstructionError as error:
-            self.problems.warn("instruction", f"{source}: {error}")
+            self.problems.warn(error.kind, f"{source}: {error}")
             self.stats.last_problem = f"{source}: {error}"
             return False
         self.get_logger().info(f"instruction {instruction_id} from {source}: {cleaned!r}")
         return True
 
-    def _on_instruction(self, msg: String) -> None:
-        self._accept_instruction(msg.data, "instruction topic")
+    def _on_instruction(self, msg: String, info: dict) -> None:
+        # One sample has the same source timestamp, sequence number and writer on both
+        # subscriptions; two publications of the same text differ in those.
+        key = (msg.data, info.get("source_timestamp"), info.get("publication_sequence_number"), repr(info.get("publisher_gid")))
+        if self._recent_instructions.first_time(key):
+            self._accept_instruction(msg.data, "instruction topic")
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -178,6 +221,11 @@ class SegmentNode(LifecycleNode):
         start = time.perf_counter()
         try:
             segmenter, warmup_s = load_segmenter(s["model"], s["device"], s["dtype"], float(s["threshold"]), bool(s["warmup"]))
+        except DeviceUnavailableError as error:
+            self._configure_error = f"{error}; fix the 'device' parameter (e.g. auto or cpu)"
+            self.stats.last_problem = self._configure_error
+            self.get_logger().error(self._configure_error + " and configure again")
+            return TransitionCallbackReturn.FAILURE
         except Exception as error:  # noqa: BLE001 - any load failure leaves the node unconfigured, alive
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             self._configure_error = f"model {s['model']!r} failed to load: {reason}"
@@ -295,16 +343,21 @@ class SegmentNode(LifecycleNode):
                 self.stats.count("dropped_bad_input", f"inference failed: {reason}")
                 self.problems.warn("inference", f"frame dropped: inference failed: {type(error).__name__}: {reason}")
 
+    def _too_old(self, age: float, when: str) -> bool:
+        """Count and report a frame older than max_frame_age; True when it must be dropped."""
+        max_age = float(self._settings["max_frame_age"])
+        if max_age <= 0 or age <= max_age:
+            return False
+        self.stats.count("dropped_stale", f"frame {age * 1e3:.0f} ms old {when} > max_frame_age")
+        self.problems.warn("stale", f"frame dropped: {age * 1e3:.0f} ms old {when}, max_frame_age is {max_age * 1e3:.0f} ms")
+        return True
+
     def _process(self, frame: Frame) -> None:
         s = self._settings
         segmenter = self._segmenter
         if segmenter is None:
             return
-        age = self._frame_age(frame)
-        max_age = float(s["max_frame_age"])
-        if max_age > 0 and age > max_age:
-            self.stats.count("dropped_stale", f"frame {age * 1e3:.0f} ms old > max_frame_age")
-            self.problems.warn("stale", f"frame dropped: {age * 1e3:.0f} ms old, max_frame_age is {max_age * 1e3:.0f} ms")
+        if self._too_old(self._frame_age(frame), "when taken"):
             return
         instruction, instruction_id, fixed = self.instruction.snapshot()
         if not instruction:
@@ -322,13 +375,24 @@ class SegmentNode(LifecycleNode):
                 rgb = image_msg_to_rgb(frame.msg, int(s["max_input_pixels"]))
         except BadImageError as error:
             self.stats.count("dropped_bad_input", str(error))
-            self.problems.warn("bad_image", f"frame dropped: {error}")
+            self.problems.warn(error.kind, f"frame dropped: {error}")
             return
+        ages: list[float] = []
+
+        def fresh_when_model_free() -> bool:
+            # The model may have been busy with a service call: age the frame again now.
+            ages.append(self._frame_age(frame))
+            return not self._too_old(ages[-1], "when the model was free")
+
         result = segmenter.segment_stream(
             rgb, instruction, instruction_id, fixed,
             threshold=float(s["threshold"]), max_instances=int(s["max_instances"]),
             regenerate_period=float(s["regenerate_period"]), empty_retry_period=float(s["empty_retry_period"]),
+            admit=fresh_when_model_free,
         )
+        if result is None:
+            return
+        age = ages[-1]
         if result.generated:
             self.get_logger().info(f"instruction {instruction_id}: phrases {result.prediction.phrases}")
         self._publish(frame, rgb, result, instruction)
@@ -364,6 +428,12 @@ class SegmentNode(LifecycleNode):
         except BadInstructionError as error:
             response.success, response.message = False, f"{error} (and the node has no current instruction)" if not text else str(error)
             return response
+        # The same limits as the `phrases` parameter, checked before anything is changed.
+        phrases = [p.strip() for p in request.phrases]
+        problem = phrase_list_problem(phrases)
+        if problem:
+            response.success, response.message = False, f"phrases {problem}"
+            return response
         instruction_id = current_id if instruction == current and not request.set_as_current else 0
         if request.set_as_current:
             self._accept_instruction(instruction, "segment service")
@@ -371,10 +441,6 @@ class SegmentNode(LifecycleNode):
         if request.image.width == 0 and request.image.height == 0 and not request.image.data:
             response.success = bool(request.set_as_current)
             response.message = "instruction set" if request.set_as_current else "empty image"
-            return response
-        phrases = [p.strip() for p in request.phrases]
-        if any(not p for p in phrases):
-            response.success, response.message = False, "phrases must not be empty strings"
             return response
         segmenter = self._segmenter
         if segmenter is None or not self._active:

@@ -4,10 +4,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from instructsam_ros.parameters import PARAMETERS
 from instructsam_ros.segment_node import SegmentNode
+from rosprobe import RELIABLE, wait_for
 
 FLOAT_PARAMETERS = [entry for entry in PARAMETERS if isinstance(entry.default, float)]
 
@@ -76,3 +80,30 @@ def test_non_finite_floats_are_refused_from_the_command_line_and_at_run_time(mak
             refused = node.set_parameters([Parameter(entry.name, value=value)])[0]
             assert not refused.successful and refused.reason == f"{entry.name} must be a finite number, got {value}"
         assert node.get_parameter(entry.name).value == entry.default
+
+
+def test_a_missing_device_is_named_and_the_node_stays_unconfigured(make_node, harness, tiny_model_dir):
+    statuses = []
+    sub = harness.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), RELIABLE)
+    node = make_node(model=str(tiny_model_dir), device="cuda:7", diagnostics_period=0.1)
+    executor = SingleThreadedExecutor(context=harness.context)
+    executor.add_node(node)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+
+        def status_of_this_node():
+            executor.spin_once(timeout_sec=0.05)
+            return next((st for st in reversed(statuses) if st.name.startswith(node.get_fully_qualified_name())), None)
+
+        status = wait_for(status_of_this_node, 20, "/diagnostics from the in-process node")
+        assert status.level == b"\x02"
+        assert "device 'cuda:7'" in status.message and "fix the 'device' parameter" in status.message
+        assert "model" not in status.message  # the model directory is fine: it is not blamed
+        # With a device the machine has, the same node configures.
+        assert node.set_parameters([Parameter("device", value="cpu")])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    finally:
+        executor.remove_node(node)
+        executor.shutdown()
+        harness.node.destroy_subscription(sub)
+        node._teardown()
