@@ -12,11 +12,13 @@ thread takes the newest frame, so latency is bounded by one inference whatever t
 rate, and a multi-threaded executor keeps services, parameters and lifecycle transitions
 responsive during inference. Bad input (frames, instructions, a model that fails to load)
 never stops the node: it is dropped, counted, and reported in a warning rate-limited per
-reason.
+reason. SIGINT/SIGTERM stop the process within SHUTDOWN_BUDGET_S seconds, even while a model
+call or a model load is still running (see `main`).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -31,6 +33,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CompressedImage, Image
@@ -58,6 +61,10 @@ from instructsam_ros.segmenter import (
 from instructsam_ros.interfaces import Segment
 
 NODE_NAME = "segment_node"
+# From SIGINT/SIGTERM to process exit, whatever is still running (a model call, a model load).
+SHUTDOWN_BUDGET_S = 2.5
+# How long the process waits for the inference worker to finish its frame before exiting anyway.
+WORKER_JOIN_ON_EXIT_S = 1.0
 # A stamp further than this from the node's clock is taken as being on another clock
 # (e.g. a camera's time since boot): frame age then falls back to time since arrival.
 MAX_PLAUSIBLE_AGE_S = 60.0
@@ -281,6 +288,17 @@ class SegmentNode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
+    def stop_for_exit(self, timeout: float) -> None:
+        """Stop streaming before the process exits: no model release, no waiting for a model call.
+
+        The worker gets `timeout` seconds to finish the frame it is on; a model call still
+        running after that ends with the process.
+        """
+        self._active = False
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout)
+
     def _teardown(self) -> None:
         """Stop the worker, destroy the streaming entities and release the model."""
         self._active = False
@@ -494,10 +512,49 @@ class SegmentNode(LifecycleNode):
         self._diag_pub.publish(array)
 
 
+def _exit_now(status: int, why: str = "") -> None:
+    """End the process at once (no interpreter teardown), flushing what was printed."""
+    if why:
+        os.write(2, (why + "\n").encode())
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers (logging, DDS) as well
+    except (OSError, AttributeError):
+        pass
+    os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `segment_node` / `instructsam-segment-node` (ROS arguments accepted)."""
+    """Entry point of `segment_node` / `instructsam-segment-node` (ROS arguments accepted).
+
+    SIGINT and SIGTERM are handled here rather than by rclpy: they set a flag that the spin
+    loop checks every 0.1 s. (rclpy's handler shuts the context down under the running
+    executor, which then sometimes fails with "context is not valid" and exit status 1.)
+    Shutdown is bounded by SHUTDOWN_BUDGET_S: the worker gets WORKER_JOIN_ON_EXIT_S to finish
+    its frame, the node's entities are destroyed, the context is shut down, and the process
+    ends with os._exit, because a normal interpreter exit would first wait for any callback
+    still running (a service call's inference, a model load in configure) and then for the
+    interpreter's teardown (about a second with torch loaded). A watchdog ends the process if
+    those steps themselves take longer than the budget. The model's memory goes with the
+    process, so it is not released first.
+    """
     use_large_data_profile()
-    rclpy.init(args=sys.argv if argv is None else argv)
+    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     node = SegmentNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -508,16 +565,30 @@ def main(argv: list[str] | None = None) -> int:
                 node.trigger_activate()
 
         timer = node.create_timer(0.0, autostart, callback_group=MutuallyExclusiveCallbackGroup())
+    status = 0
     try:
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
-        node._teardown()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    except Exception:  # noqa: BLE001 - reported, then the same bounded shutdown
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    watchdog = threading.Timer(
+        SHUTDOWN_BUDGET_S, _exit_now,
+        args=(status, f"[segment_node] shutdown took longer than {SHUTDOWN_BUDGET_S} s; exiting now"),
+    )
+    watchdog.daemon = True
+    watchdog.start()
+    if received:
+        node.get_logger().info(f"{received[0]}: stopping")
+    node.stop_for_exit(WORKER_JOIN_ON_EXIT_S)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    _exit_now(status)
+    return status  # not reached
 
 
 if __name__ == "__main__":
