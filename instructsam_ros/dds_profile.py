@@ -15,10 +15,12 @@ Two profiles ship in `config/`:
 Measured delivery and latency of both: BENCHMARKS.md ("Large frames between processes").
 
 Fast DDS 3 (Kilted) reads the profile from FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Humble,
-Jazzy) from FASTRTPS_DEFAULT_PROFILES_FILE and ignores the other name, so both are set.
+Jazzy) only from FASTRTPS_DEFAULT_PROFILES_FILE. Kilted's rmw still reads the old name but warns
+that it is deprecated, so the name is chosen per distribution (`profile_variables`).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,7 +28,10 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_PROFILE = CONFIG_DIR / "fastdds_large_data.xml"
 LARGE_FRAMES_PROFILE = CONFIG_DIR / "fastdds_large_frames.xml"
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3, Fast DDS 2
+FASTDDS3_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3: Kilted and later
+FASTDDS2_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2: Humble, Iron, Jazzy
+PROFILE_VARIABLES = (FASTDDS3_VARIABLE, FASTDDS2_VARIABLE)
+FASTDDS2_DISTROS = frozenset({"humble", "iron", "jazzy"})
 # Fast DDS's own shared-memory segment when a profile sets none.
 FASTDDS_DEFAULT_SEGMENT_BYTES = 512 * 1024
 # Serialised header, encoding and field overhead of a sensor_msgs/Image, rounded up.
@@ -35,24 +40,51 @@ IMAGE_MESSAGE_OVERHEAD = 1024
 CAMERA_SIZES = ((640, 480), (1280, 720), (1920, 1080), (2560, 2048), (3840, 2160), (4096, 2160), (4000, 3000), (4096, 4096))
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def profile_variables(environ: dict[str, str] | os._Environ = os.environ) -> tuple[str, ...]:
+    """The variable names the Fast DDS of this ROS installation reads its profile from.
+
+    ROS_DISTRO (set by every ROS setup file) decides; without it, the ROS wheels installed here
+    (ros-fastdds is Fast DDS 3, ros-fastrtps Fast DDS 2); failing both, the two names.
+    """
+    distro = environ.get("ROS_DISTRO", "").strip().lower()
+    if distro:
+        return (FASTDDS2_VARIABLE,) if distro in FASTDDS2_DISTROS else (FASTDDS3_VARIABLE,)
+    if _installed("ros-fastdds"):
+        return (FASTDDS3_VARIABLE,)
+    if _installed("ros-fastrtps"):
+        return (FASTDDS2_VARIABLE,)
+    return PROFILE_VARIABLES
+
+
 def use_large_data_profile(environ: dict[str, str] | os._Environ = os.environ) -> None:
     """Point Fast DDS at the packaged large-data profile unless the user chose one.
 
-    A profile the user set under one of the two variable names is copied to the other, so it
-    applies whichever Fast DDS major version runs. Must run before rclpy.init(). Set
-    INSTRUCTSAM_FASTDDS_PROFILE=0 to keep Fast DDS defaults.
+    A profile the user set under either name is moved to the name this Fast DDS reads (see
+    `profile_variables`). Must run before rclpy.init(). Set INSTRUCTSAM_FASTDDS_PROFILE=0 to
+    keep Fast DDS defaults.
     """
     if environ.get("INSTRUCTSAM_FASTDDS_PROFILE", "1") == "0":
         return
-    chosen = next((environ[name] for name in PROFILE_VARIABLES if environ.get(name)), str(DEFAULT_PROFILE))
+    wanted = profile_variables(environ)
+    chosen = next((environ[name] for name in (*wanted, *PROFILE_VARIABLES) if environ.get(name)), str(DEFAULT_PROFILE))
     for name in PROFILE_VARIABLES:
-        if not environ.get(name):
+        if name in wanted:
             environ[name] = chosen
+        else:
+            environ.pop(name, None)
 
 
 def active_profile(environ: dict[str, str] | os._Environ = os.environ) -> Path | None:
-    """The profile file named in this process's environment, if any (the node sets both names alike)."""
-    for name in PROFILE_VARIABLES:
+    """The profile file this process's Fast DDS reads, if any."""
+    for name in profile_variables(environ):
         if environ.get(name):
             return Path(environ[name])
     return None

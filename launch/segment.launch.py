@@ -9,9 +9,10 @@ Then publish an instruction (latched):
       "data: 'segment the cups'"
 
 Every process of the pipeline should use the same Fast DDS large-data profile (the camera
-driver too): `fastdds_profile` is exported as FASTDDS_DEFAULT_PROFILES_FILE (read by Fast DDS 3,
-Kilted) and FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2: Humble, Jazzy) for this launch. For
-frames over 16 MiB (3840x2160 rgb8 and larger) pass config/fastdds_large_frames.xml.
+driver too): `fastdds_profile` is exported for this launch under the name this distribution's
+Fast DDS reads (FASTDDS_DEFAULT_PROFILES_FILE on Kilted, FASTRTPS_DEFAULT_PROFILES_FILE on Humble
+and Jazzy). For frames over 16 MiB (3840x2160 rgb8 and larger) pass
+config/fastdds_large_frames.xml.
 Parameters not exposed as launch arguments are in config/segment_node.yaml (`params_file`).
 Kept thin on purpose: everything it sets is a parameter the node declares (tested).
 """
@@ -20,6 +21,8 @@ from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from instructsam_ros.dds_profile import profile_variables
 
 
 def generate_launch_description():
@@ -58,8 +61,7 @@ def generate_launch_description():
     return LaunchDescription(
         [
             *arguments,
-            SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
-            SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+            *[SetEnvironmentVariable(name, LaunchConfiguration("fastdds_profile")) for name in profile_variables()],
             node,
         ]
     )

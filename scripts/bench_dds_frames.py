@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 QOS_DEPTH = 1
 
 
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be in (0, 100] and --seconds in (0, 600]")
     if not args.profile.is_file():
         parser.error(f"--profile {args.profile} is not a file")
-    # Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Humble, Jazzy) the second.
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(args.profile.resolve())
+    from instructsam_ros.dds_profile import profile_variables
+
+    for name in profile_variables():  # the name this distribution's Fast DDS reads
+        os.environ[name] = str(args.profile.resolve())
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", "43")
     if args.subscriber:

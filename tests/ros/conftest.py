@@ -19,10 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 # Must be set before rclpy is initialised anywhere in this process.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
-# Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Jazzy) the second.
-os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(
-    REPO / "instructsam_ros" / "config" / "fastdds_large_data.xml"
-)
 
 
 def _build_interfaces() -> None:
@@ -33,6 +29,14 @@ def _build_interfaces() -> None:
 
 
 _build_interfaces()
+
+# The packaged large-data profile for this process and every node it starts, under the name
+# this distribution's Fast DDS reads (imported after the build: the package attaches the built
+# interfaces when first imported).
+from instructsam_ros.dds_profile import DEFAULT_PROFILE, profile_variables  # noqa: E402
+
+for _name in profile_variables():
+    os.environ[_name] = str(DEFAULT_PROFILE)
 
 from rosprobe import Harness, NodeProcess  # noqa: E402
 

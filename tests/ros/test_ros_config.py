@@ -14,6 +14,7 @@ from instructsam_ros.dds_profile import (
     DEFAULT_PROFILE,
     LARGE_FRAMES_PROFILE,
     frame_limit_report,
+    profile_variables,
     shared_memory_limit,
 )
 from instructsam_ros.diagnostics import FrameTiming, StreamStats, build_diagnostics
@@ -115,7 +116,8 @@ def test_launch_file_uses_the_packaged_config_files():
     source = LAUNCH.read_text()
     for name in ("segment_node.yaml", "fastdds_large_data.xml"):
         assert f'"{name}"' in source and (CONFIG / name).is_file()
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" in source and "FASTRTPS_DEFAULT_PROFILES_FILE" in source
+    # Exported under the name this distribution's Fast DDS reads.
+    assert 'SetEnvironmentVariable(name, LaunchConfiguration("fastdds_profile")) for name in profile_variables()' in source
 
 
 def test_parameter_yaml_holds_only_declared_valid_parameters():
@@ -139,7 +141,8 @@ def test_fastdds_profile_enlarges_shared_memory_and_is_the_default():
 
 def test_each_profile_states_the_largest_frame_it_carries():
     assert shared_memory_limit(DEFAULT_PROFILE) == 16 * 2**20
-    report = frame_limit_report({"FASTDDS_DEFAULT_PROFILES_FILE": str(DEFAULT_PROFILE)})
+    kilted = {"ROS_DISTRO": "kilted"}
+    report = frame_limit_report({**kilted, "FASTDDS_DEFAULT_PROFILES_FILE": str(DEFAULT_PROFILE)})
     assert report.startswith("Fast DDS profile fastdds_large_data.xml: images up to 16 MiB")
     assert "2560x2048 rgb8 fits" in report and "3840x2160 rgb8 (23.7 MiB) does not" in report
     assert "fastdds_large_frames.xml" in report  # where to go for more
@@ -150,36 +153,45 @@ def test_each_profile_states_the_largest_frame_it_carries():
     segment = int(root.find(".//d:segment_size", ns).text)
     largest = shared_memory_limit(LARGE_FRAMES_PROFILE)
     assert largest == 64 * 2**20 and segment >= 2 * largest and 4000 * 3000 * 3 < largest
-    large = frame_limit_report({"FASTDDS_DEFAULT_PROFILES_FILE": str(LARGE_FRAMES_PROFILE)})
+    large = frame_limit_report({**kilted, "FASTDDS_DEFAULT_PROFILES_FILE": str(LARGE_FRAMES_PROFILE)})
     assert "images up to 64 MiB" in large and "4096x4096 rgb8 fits" in large
     # No profile, an unreadable one, another middleware: each says what it can.
-    assert "640x480 and larger are lost" in frame_limit_report({})
-    assert "unknown" in frame_limit_report({"FASTDDS_DEFAULT_PROFILES_FILE": "/nonexistent.xml"})
-    assert frame_limit_report({}, "rmw_cyclonedds_cpp").startswith("RMW rmw_cyclonedds_cpp:")
+    assert "640x480 and larger are lost" in frame_limit_report(kilted)
+    # Fast DDS 2 never reads the new name: the profile is not in effect, and the line says so.
+    assert "640x480 and larger are lost" in frame_limit_report({"ROS_DISTRO": "jazzy", "FASTDDS_DEFAULT_PROFILES_FILE": str(DEFAULT_PROFILE)})
+    assert "unknown" in frame_limit_report({**kilted, "FASTDDS_DEFAULT_PROFILES_FILE": "/nonexistent.xml"})
+    assert frame_limit_report(kilted, "rmw_cyclonedds_cpp").startswith("RMW rmw_cyclonedds_cpp:")
 
 
 def test_a_profile_of_the_users_own_is_read_for_its_limit(tmp_path):
     mine = tmp_path / "mine.xml"
     mine.write_text(DEFAULT_PROFILE.read_text().replace("16777216", "33554432"))
     assert shared_memory_limit(mine) == 32 * 2**20
-    report = frame_limit_report({"FASTRTPS_DEFAULT_PROFILES_FILE": str(mine)})
+    report = frame_limit_report({"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": str(mine)})
     assert "images up to 32 MiB" in report and "4096x2160 rgb8 fits, 4000x3000 rgb8 (34.3 MiB) does not" in report
     mine.write_text("<dds><profiles><participant profile_name='p'/></profiles></dds>")
     assert shared_memory_limit(mine) is None  # no default participant: Fast DDS's defaults apply
 
 
 def test_large_data_profile_is_set_only_when_the_user_has_none():
-    # Both names: Fast DDS 3 (Kilted) reads FASTDDS_..., Fast DDS 2 (Jazzy, Humble) only FASTRTPS_....
-    env: dict[str, str] = {}
-    use_large_data_profile(env)
-    assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_large_data.xml"
-    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == env["FASTDDS_DEFAULT_PROFILES_FILE"]
-    mine = {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
+    # Fast DDS 3 (Kilted) reads FASTDDS_..., Fast DDS 2 (Humble, Jazzy) only FASTRTPS_...; Kilted's
+    # rmw warns that the old name is deprecated, so each gets its own name and only that one.
+    for distro, name in (("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"), ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"),
+                         ("humble", "FASTRTPS_DEFAULT_PROFILES_FILE"), ("rolling", "FASTDDS_DEFAULT_PROFILES_FILE")):
+        assert profile_variables({"ROS_DISTRO": distro}) == (name,)
+        env = {"ROS_DISTRO": distro}
+        use_large_data_profile(env)
+        assert env == {"ROS_DISTRO": distro, name: str(DEFAULT_PROFILE)}
+    assert DEFAULT_PROFILE.name == "fastdds_large_data.xml"
+    # The user's own profile is kept, moved to the name this Fast DDS reads.
+    mine = {"ROS_DISTRO": "jazzy", "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
     use_large_data_profile(mine)
-    assert mine == {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml", "FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
-    old_name = {"FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
-    use_large_data_profile(old_name)
-    assert old_name["FASTDDS_DEFAULT_PROFILES_FILE"] == "/etc/my.xml"
+    assert mine == {"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
+    mine = {"ROS_DISTRO": "kilted", "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
+    use_large_data_profile(mine)
+    assert mine == {"ROS_DISTRO": "kilted", "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my.xml"}
+    # Without ROS_DISTRO (PyPI wheels), the installed Fast DDS wheel decides.
+    assert len(profile_variables({})) == 1
     off = {"INSTRUCTSAM_FASTDDS_PROFILE": "0"}
     use_large_data_profile(off)
     assert "FASTDDS_DEFAULT_PROFILES_FILE" not in off

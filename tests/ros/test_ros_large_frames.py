@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from instructsam_ros.dds_profile import LARGE_FRAMES_PROFILE
+from instructsam_ros.dds_profile import LARGE_FRAMES_PROFILE, profile_variables
 from rosprobe import REPO, Probe, wait_for
 
 NS = "/large_frames_test"
@@ -20,7 +20,7 @@ SIZES = ("4000x3000", "4096x2160")
 
 
 def test_large_frames_profile_delivers_4000x3000_and_4096x2160_rgb8(start_node, tiny_model_dir, harness, tmp_path):
-    profile = {name: str(LARGE_FRAMES_PROFILE) for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}
+    profile = {name: str(LARGE_FRAMES_PROFILE) for name in profile_variables()}
     probe = Probe(harness, NS)
     probe.instruct("red circle")
     # Threshold 1: no instances, so every result is small whatever the frame size.
