@@ -84,6 +84,9 @@ def phrase_list_problem(phrases: list[str]) -> str | None:
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("autostart", True, "configure and activate on start-up (false: wait for lifecycle transitions)", START),
     ParameterSpec("model", "default", "model directory, or 'default' for the embedded model", CONFIGURE, _nonempty),
+    ParameterSpec("sam3_config", "", "directory with SAM3's config.json (sam3 or sam3_video); overrides where SAM3's "
+                  "architecture comes from (empty: the model's mask_decoder_model, its sam3/ copy, else the published sizes)",
+                  CONFIGURE),
     ParameterSpec("device", "auto", "auto (cuda when available), cpu, cuda, cuda:N or mps", CONFIGURE, _device),
     ParameterSpec("dtype", "auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16", CONFIGURE, _choice(DTYPE_CHOICES)),
     ParameterSpec("warmup", True, "run one inference on configure so the first frame is not slow", CONFIGURE),

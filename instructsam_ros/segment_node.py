@@ -227,7 +227,8 @@ class SegmentNode(LifecycleNode):
         self.get_logger().info(f"loading model {s['model']!r} on {s['device']} ...")
         start = time.perf_counter()
         try:
-            segmenter, warmup_s = load_segmenter(s["model"], s["device"], s["dtype"], float(s["threshold"]), bool(s["warmup"]))
+            segmenter, warmup_s = load_segmenter(s["model"], s["device"], s["dtype"], float(s["threshold"]), bool(s["warmup"]),
+                                                 s["sam3_config"])
         except DeviceUnavailableError as error:
             self._configure_error = f"{error}; fix the 'device' parameter (e.g. auto or cpu)"
             self.stats.last_problem = self._configure_error
@@ -237,7 +238,7 @@ class SegmentNode(LifecycleNode):
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             self._configure_error = f"model {s['model']!r} failed to load: {reason}"
             self.stats.last_problem = self._configure_error
-            self.get_logger().error(self._configure_error + " (fix the 'model' parameter and configure again)")
+            self.get_logger().error(self._configure_error + " (fix the 'model' or 'sam3_config' parameter and configure again)")
             return TransitionCallbackReturn.FAILURE
         segmenter.tracker.iou_threshold = float(s["tracking_iou"])
         self._diag_timer.timer_period_ns = int(float(s["diagnostics_period"]) * 1e9)

@@ -235,8 +235,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_segmenter(model: str, device: str, dtype: str, threshold: float, warmup: bool) -> tuple[Segmenter, float]:
-    """Load the predictor (UserError for a bad model directory) and optionally warm it up."""
+def load_segmenter(
+    model: str, device: str, dtype: str, threshold: float, warmup: bool, sam3_config: str = ""
+) -> tuple[Segmenter, float]:
+    """Load the predictor (UserError for a bad model directory) and optionally warm it up;
+    `sam3_config` (a directory, or empty) overrides where SAM3's architecture comes from."""
     import torch
 
     from instructsam_core.predictor import Predictor
@@ -245,7 +248,8 @@ def load_segmenter(model: str, device: str, dtype: str, threshold: float, warmup
     torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
     # max_instances is applied per frame by the node (a live parameter), so load with the
     # largest value the parameter allows.
-    predictor = Predictor.from_pretrained(model, device=resolved, dtype=torch_dtype, threshold=threshold, max_instances=1000)
+    predictor = Predictor.from_pretrained(model, device=resolved, dtype=torch_dtype, threshold=threshold, max_instances=1000,
+                                          sam3_config=sam3_config or None)
     segmenter = Segmenter(predictor, resolved)
     warmup_s = segmenter.warm_up() if warmup else 0.0
     return segmenter, warmup_s

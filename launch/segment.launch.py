@@ -30,6 +30,7 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("model", default_value="default", description="model directory, or 'default' (embedded model)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
+        DeclareLaunchArgument("sam3_config", default_value="", description="directory with SAM3's config.json (empty: the model's own)"),
         DeclareLaunchArgument("image", default_value="image", description="input image topic (remaps 'image' and 'image/compressed')"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics (one per camera)"),
         DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe to <image>/compressed"),
@@ -51,6 +52,7 @@ def generate_launch_description():
             {
                 "model": LaunchConfiguration("model"),
                 "device": LaunchConfiguration("device"),
+                "sam3_config": LaunchConfiguration("sam3_config"),
                 "use_compressed": LaunchConfiguration("use_compressed"),
                 "threshold": LaunchConfiguration("threshold"),
                 "autostart": LaunchConfiguration("autostart"),

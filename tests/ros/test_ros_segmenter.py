@@ -116,3 +116,23 @@ def test_the_stream_asks_whether_a_frame_is_still_wanted_once_the_model_is_free(
     assert stream(segmenter, frame(8), "ring", 1, fixed=["ring"], admit=stale) is None
     assert asked == [True]  # asked while holding the model, not before waiting for it
     assert stream(segmenter, frame(8), "ring", 1, fixed=["ring"], admit=lambda: True) is not None
+
+
+def test_sam3_config_parameter_overrides_where_sam3_comes_from(tmp_path):
+    """A release directory whose mask_decoder_model is a hub id: the published SAM3 sizes do not
+    fit its tiny detector (the load fails, naming sam3_config); the parameter gives the right one."""
+    import json
+
+    from releasemaker import build_release_directory
+
+    from instructsam_core.errors import CheckpointError
+
+    release = build_release_directory(tmp_path / "release", sam3_dir=tmp_path / "sam3")
+    config = json.loads((release / "config.json").read_text())
+    config["mask_decoder_model"] = config["mm_mask_decoder"] = "facebook/sam3"
+    (release / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="--sam3-config"):
+        load_segmenter(str(release), "cpu", "auto", 0.0, warmup=False)
+    seg, _ = load_segmenter(str(release), "cpu", "auto", 0.0, warmup=False, sam3_config=str(tmp_path / "sam3"))
+    result = seg.segment_stream(frame(), "red circle", 1, [], threshold=0.0, max_instances=100)
+    assert result.prediction.phrases == ["red circle"] and len(result.prediction.instances) == 10
