@@ -5,7 +5,8 @@ classes that colcon generates. rosbags serialises messages itself from their def
 register the package's own `msg/*.msg` files (not a copy of them), so a recorded
 `InstanceSegmentation` has exactly the layout and type hash (RIHS01) of the generated one and
 any ROS 2 tool reads the bag. The standard types (Header, Image, RegionOfInterest) come from
-rosbags' Jazzy store; they are identical in Humble, Jazzy and Kilted.
+rosbags' Jazzy store; they are identical in Humble, Jazzy and Kilted. A recording has no depth,
+so every instance's 3-D location is NO_DEPTH and every frame's depth_status DEPTH_DISABLED.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from instructsam_core.errors import UserError
 PACKAGE = "instructsam_ros"
 SEGMENTATION_TYPE = f"{PACKAGE}/msg/InstanceSegmentation"
 INSTANCE_TYPE = f"{PACKAGE}/msg/Instance"
+INSTANCE_3D_TYPE = f"{PACKAGE}/msg/Instance3D"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
-REQUIRED_MESSAGES = ("Instance", "InstanceSegmentation")
+REQUIRED_MESSAGES = ("Instance", "Instance3D", "InstanceSegmentation")
 
 _ENCODINGS = {"mono8": (np.uint8, 1), "mono16": (np.dtype("<u2"), 1), "rgb8": (np.uint8, 3)}
 
@@ -80,7 +82,10 @@ class BagMessages:
         self.Header = types["std_msgs/msg/Header"]
         self.Image = types[IMAGE_TYPE]
         self.RegionOfInterest = types["sensor_msgs/msg/RegionOfInterest"]
+        self.Point = types["geometry_msgs/msg/Point"]
+        self.Vector3 = types["geometry_msgs/msg/Vector3"]
         self.Instance = types[INSTANCE_TYPE]
+        self.Instance3D = types[INSTANCE_3D_TYPE]
         self.InstanceSegmentation = types[SEGMENTATION_TYPE]
 
     def header(self, sec: int, nanosec: int, frame_id: str):
@@ -104,14 +109,21 @@ class BagMessages:
         x0, y0, x1, y1 = box
         roi = self.RegionOfInterest(x_offset=x0, y_offset=y0, height=y1 - y0, width=x1 - x0, do_rectify=False)
         return self.Instance(id=int(instance_id), phrase=phrase, phrase_index=int(phrase_index), score=float(score),
-                             box=roi, mask=self.image(crop, "mono8", header), area=int(np.count_nonzero(crop)))
+                             box=roi, mask=self.image(crop, "mono8", header), area=int(np.count_nonzero(crop)),
+                             location=self.no_location())
+
+    def no_location(self):
+        """The 3-D location of an instance without depth (status NO_DEPTH, every value zero)."""
+        return self.Instance3D(status=0, center=self.Point(x=0.0, y=0.0, z=0.0), box_center=self.Point(x=0.0, y=0.0, z=0.0),
+                               box_size=self.Vector3(x=0.0, y=0.0, z=0.0), mask_pixels=0, valid_pixels=0, inlier_pixels=0)
 
     def segmentation(self, header, height: int, width: int, instruction: str, phrases: list[str], instances: list):
         """The frame's InstanceSegmentation. Offline there is one instruction (id 1) and the
         latencies are 0: real timings would make two runs of the same command differ."""
         return self.InstanceSegmentation(header=header, height=int(height), width=int(width), instruction=instruction,
                                          instruction_id=1, phrases=list(phrases), instances=instances,
-                                         model_latency=0.0, processing_latency=0.0)
+                                         model_latency=0.0, processing_latency=0.0, depth_status=0, depth_problem="",
+                                         depth_header=self.header(0, 0, ""))
 
     def serialize(self, message) -> memoryview:
         return self.store.serialize_cdr(message, message.__msgtype__)
