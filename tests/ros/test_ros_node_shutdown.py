@@ -47,7 +47,9 @@ def test_sigterm_while_streaming(start_node, tiny_model_dir, harness):
     ns = "/shutdown_streaming"
     probe = Probe(harness, ns)
     probe.instruct("red circle")
-    node = start_node(ns, {"model": str(tiny_model_dir), "device": "cpu", "warmup": False, "threshold": 0.0})
+    # max_frame_age 5 s: a frame resent while the node becomes active is still young enough.
+    node = start_node(ns, {"model": str(tiny_model_dir), "device": "cpu", "warmup": False, "threshold": 0.0,
+                           "max_frame_age": 5.0})
     streaming = threading.Event()
 
     def camera() -> None:
