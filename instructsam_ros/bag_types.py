@@ -123,7 +123,7 @@ class BagMessages:
         return self.InstanceSegmentation(header=header, height=int(height), width=int(width), instruction=instruction,
                                          instruction_id=1, phrases=list(phrases), instances=instances,
                                          model_latency=0.0, processing_latency=0.0, depth_status=0, depth_problem="",
-                                         depth_header=self.header(0, 0, ""))
+                                         depth_header=self.header(0, 0, ""), depth_latency=0.0)
 
     def serialize(self, message) -> memoryview:
         return self.store.serialize_cdr(message, message.__msgtype__)

@@ -112,3 +112,21 @@ def tabletop_scene(width: int = 640, height: int = 480) -> list[Plate]:
         Plate(center=(0.09, 0.05, 0.70), size=(0.12, 0.12), color=(40, 80, 220)),
         Plate(center=(0.02, -0.09, 0.80), size=(0.11, 0.11), color=(230, 200, 40), yaw=math.radians(35.0)),
     ]
+
+
+def scene_depth(objects, width: int, height: int, wall_depth: float = 2.0, near: float = 0.6,
+                step: float = 0.3) -> tuple[np.ndarray, list[float]]:
+    """Depth (float32 metres, width x height) of a `synth.Scene`'s objects as flat cut-outs
+    facing the camera: the k-th object at `near + k * step` metres, the rest a wall at
+    `wall_depth`. Object masks are resized like the demo's colour frame (nearest neighbour), so
+    colour and depth line up pixel for pixel. Returns (depth, each object's distance)."""
+    import cv2
+
+    depth = np.full((height, width), wall_depth, np.float32)
+    distances = []
+    for index, obj in enumerate(objects):
+        distance = round(near + index * step, 3)
+        mask = cv2.resize(obj.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        depth[mask] = distance
+        distances.append(distance)
+    return depth, distances

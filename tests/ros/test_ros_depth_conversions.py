@@ -210,3 +210,23 @@ def test_half_resolution_depth_with_its_own_camera_info():
 def test_no_depth_status_without_depth_is_the_message_default():
     location = InstanceLocation(status=0)
     assert location.center is None and Instance().location.status == 0 and InstanceSegmentation().depth_status == 0
+
+
+def test_overlay_label_carries_the_distance_only_when_located():
+    from instructsam_core.instances import Instance as CoreInstance
+    from instructsam_ros.mask_layout import label_image
+    from instructsam_ros.overlay import draw_overlay
+
+    rgb = np.full((60, 200, 3), 255, np.uint8)
+    mask = np.zeros((60, 200), bool)
+    mask[30:50, 10:40] = True
+    instances = [CoreInstance("cup", 0.9, mask, (10, 30, 40, 50))]
+    labels = label_image(instances, [5], 60, 200, [(10, 30, 40, 50)])
+    plain = draw_overlay(rgb, labels, instances, [5], [(10, 30, 40, 50)])
+    unknown = draw_overlay(rgb, labels, instances, [5], [(10, 30, 40, 50)], distances=[None])
+    located = draw_overlay(rgb, labels, instances, [5], [(10, 30, 40, 50)], distances=[0.82])
+    np.testing.assert_array_equal(plain, unknown)
+    # The label's filled background above the box grows to the right by the " 0.82 m" text.
+    row = 20
+    filled = lambda image: np.flatnonzero((image[row] != 255).any(axis=1))
+    assert filled(located).max() > filled(plain).max() + 20
