@@ -116,6 +116,7 @@ class DepthQueue:
                 f"depth early: the oldest depth image kept is {(oldest - stamp_ns) / 1e6:.0f} ms newer than the "
                 f"colour frame (depth_sync_tolerance {tolerance_ms:.0f} ms; depth stamped ahead of colour, or "
                 "its partner left the depth_queue_size queue before the frame was processed)"))
+        side = "newer" if offset_ns > 0 else "older"
         return Pairing(DEPTH_UNMATCHED, offset_s=offset_ns / 1e9, problem=(
-            f"no depth image within {tolerance_ms:.0f} ms of the colour frame (nearest {abs(offset_ns) / 1e6:.0f} ms "
-            "away): raise depth_sync_tolerance or synchronise the cameras"))
+            f"no depth image within {tolerance_ms:.0f} ms of the colour frame (the nearest is {abs(offset_ns) / 1e6:.0f} ms "
+            f"{side}): raise depth_sync_tolerance or synchronise the cameras' stamps"))

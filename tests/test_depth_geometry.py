@@ -294,7 +294,7 @@ def test_pairing_names_why_there_is_no_partner():
     early = queue.match(900 * MS, 0.02)
     assert early.outcome == DEPTH_EARLY and "100 ms newer" in early.problem
     unmatched = queue.match(1050 * MS, 0.02)
-    assert unmatched.outcome == DEPTH_UNMATCHED and "nearest 50 ms" in unmatched.problem
+    assert unmatched.outcome == DEPTH_UNMATCHED and "the nearest is 50 ms older" in unmatched.problem
     queue.add(1300 * MS, 1300)  # the queue keeps the newest 3: 1000 is gone
     assert queue.match(1000 * MS, 0.02).outcome == DEPTH_EARLY
     clock.now += 1.5  # the depth topic falls silent
