@@ -130,3 +130,17 @@ def scene_depth(objects, width: int, height: int, wall_depth: float = 2.0, near:
         depth[mask] = distance
         distances.append(distance)
     return depth, distances
+
+
+BENCHMARK_COLORS = ((220, 40, 40), (40, 80, 220), (230, 200, 40), (40, 160, 60), (230, 120, 30))
+
+
+def benchmark_scene() -> list[Plate]:
+    """Ten 11 cm squares in two rows at 0.80-1.25 m before a wall (the ROS benchmark's depth
+    scene: with a 60 degree camera each covers ~3-4 thousand pixels of a 640x480 frame)."""
+    plates = []
+    for index in range(10):
+        row, column = divmod(index, 5)
+        plates.append(Plate(center=((column - 2) * 0.17, (row - 0.5) * 0.24, 0.80 + 0.05 * index), size=(0.11, 0.11),
+                            color=BENCHMARK_COLORS[index % len(BENCHMARK_COLORS)]))
+    return plates
