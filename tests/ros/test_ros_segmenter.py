@@ -136,3 +136,70 @@ def test_sam3_config_parameter_overrides_where_sam3_comes_from(tmp_path):
     seg, _ = load_segmenter(str(release), "cpu", "auto", 0.0, warmup=False, sam3_config=str(tmp_path / "sam3"))
     result = seg.segment_stream(frame(), "red circle", 1, [], threshold=0.0, max_instances=100)
     assert result.prediction.phrases == ["red circle"] and len(result.prediction.instances) == 10
+
+
+# ----------------------------------------------------------------------------- several cameras
+def camera_request(image, instruction, instruction_id=1, fixed=(), admit=None):
+    from instructsam_ros.segmenter import PhraseCache, StreamRequest
+    from instructsam_ros.tracking import InstanceTracker
+
+    return StreamRequest(image, instruction, instruction_id, list(fixed), PhraseCache(), InstanceTracker(), admit)
+
+
+def test_a_batch_of_cameras_gives_each_what_it_would_get_alone(segmenter):
+    """Different sizes, instructions and fixed phrases in one model call: every camera's result
+    is its own (phrases, size, scores, masks, ids) and equals that frame's result alone."""
+    requests = [
+        camera_request(frame(10, 48, 72), "red circle"),
+        camera_request(frame(11, 37, 91), "blue squares", instruction_id=2),
+        camera_request(frame(12, 64, 64), "shapes", instruction_id=3, fixed=["ring", "green triangle"]),
+    ]
+    batch = segmenter.segment_batch(requests, threshold=0.0, max_instances=100)
+    assert [r.batch_size for r in batch] == [3, 3, 3]
+    assert len({r.model_latency for r in batch}) == 1  # one model call
+    for request, result in zip(requests, batch):
+        alone = camera_request(request.rgb, request.instruction, request.instruction_id, request.fixed_phrases)
+        single = segmenter.segment_batch([alone], threshold=0.0, max_instances=100)[0]
+        assert result.prediction.image_size == request.rgb.shape[:2] == single.prediction.image_size
+        assert result.prediction.phrases == single.prediction.phrases
+        assert result.instruction_id == request.instruction_id
+        assert result.ids == single.ids == list(range(1, len(result.ids) + 1))  # a fresh tracker per camera
+        np.testing.assert_allclose([i.score for i in result.prediction.instances],
+                                   [i.score for i in single.prediction.instances], atol=1e-4)
+        agree = np.mean([np.mean(a.mask == b.mask) for a, b in zip(result.prediction.instances, single.prediction.instances)])
+        assert agree > 0.99
+    assert [r.prediction.phrases for r in batch] == [["red circle"], ["blue squares"], ["ring", "green triangle"]]
+
+
+def test_each_camera_has_its_own_ids_and_its_own_generated_phrases(segmenter):
+    image = frame(13)
+    front, wrist = camera_request(image, "ring"), camera_request(image, "ring")
+    first = segmenter.segment_batch([front, wrist], threshold=0.0, max_instances=100)
+    # The same picture on two cameras: two trackers, each numbering its own instances from 1.
+    assert first[0].ids == first[1].ids == list(range(1, 11))
+    # The next frame: each camera's tracker keeps its own tracks (a shared tracker would have
+    # numbered wrist's first instances 11..20).
+    again = segmenter.segment_batch([front, wrist], threshold=0.0, max_instances=100)
+    for before, after in zip(first, again):
+        nonempty = [i for i, box in enumerate(before.boxes) if box != (0, 0, 0, 0)]
+        assert nonempty and [after.ids[i] for i in nonempty] == [before.ids[i] for i in nonempty]
+    # A reasoning instruction is generated once per camera, from that camera's frames.
+    a, b = camera_request(frame(14), REASONING, 7), camera_request(frame(15), REASONING, 7)
+    generated = segmenter.segment_batch([a, b], threshold=0.0, max_instances=100, empty_retry_period=0.0)
+    assert [r.generated for r in generated] == [True, True]
+    assert a.cache.phrases == generated[0].prediction.phrases and b.cache.phrases == generated[1].prediction.phrases
+    later = segmenter.segment_batch([a, b], threshold=0.0, max_instances=100, empty_retry_period=0.0)
+    assert [r.generated for r in later] == [False, False]
+
+
+def test_a_frame_the_model_cannot_take_costs_only_its_own_result(segmenter):
+    """Qwen-VL's resize refuses an aspect ratio over 200 (the node refuses such frames before the
+    model; the segmenter still must not let one frame fail a batch)."""
+    good = camera_request(frame(16), "ring")
+    bad = camera_request(np.zeros((1, 600, 3), np.uint8), "ring")
+    asked = []
+    stale = camera_request(frame(17), "ring", admit=lambda: asked.append(segmenter._model_lock.locked()) or False)
+    outcomes = segmenter.segment_batch([bad, good, stale], threshold=0.0, max_instances=100)
+    assert isinstance(outcomes[0], ValueError) and "aspect ratio" in str(outcomes[0])
+    assert outcomes[1].prediction.phrases == ["ring"] and len(outcomes[1].ids) == 10
+    assert outcomes[2] is None and asked == [True]  # asked with the model held, then not run

@@ -1,0 +1,121 @@
+"""Camera names of a segment node, without ROS: the naming rule, topic names, launch arguments.
+
+A node serves the cameras its `cameras` parameter lists. Each name is a relative
+sub-namespace of the node: camera `front` reads `front/image` and publishes
+`front/segmentation`, `front/label_image`, `front/overlay`, so the node's namespace and
+remaps apply to every camera. No camera listed (the default) means one camera without a
+sub-namespace: `image`, `segmentation`, ... exactly as a node of one camera always had.
+
+A name is one ROS name token (letters, digits and underscores, starting with a letter, no
+double underscore), because it also names the camera's own parameters
+(`<camera>.max_frame_age`), where a slash would not be a valid parameter name.
+"""
+from __future__ import annotations
+
+import re
+
+# The single camera of a node whose `cameras` parameter is empty: no sub-namespace.
+DEFAULT_CAMERA = ""
+# More cameras than this in one node is more likely a mistake than a robot; every camera costs
+# subscriptions, publishers and a share of each batch.
+MAX_CAMERAS = 16
+MAX_CAMERA_NAME_CHARS = 64
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Per-camera parameters are named <camera>.<parameter> (parameters.CAMERA_PARAMETERS).
+CAMERA_PARAMETER_SEPARATOR = "."
+
+
+def camera_name_problem(name: object) -> str | None:
+    """Why `name` cannot name a camera (None when it can)."""
+    if not isinstance(name, str):
+        return f"camera names must be strings, got {type(name).__name__}"
+    if not name:
+        return "camera names must not be empty (list no camera for the node's own topics)"
+    if len(name) > MAX_CAMERA_NAME_CHARS:
+        return f"camera name {name[:20]!r}... is longer than {MAX_CAMERA_NAME_CHARS} characters"
+    if not _NAME_RE.match(name) or "__" in name:
+        return (f"{name!r} is not a camera name: letters, digits and underscores, starting with a "
+                "letter, no double underscore (it becomes a sub-namespace: <camera>/image)")
+    return None
+
+
+def camera_names_problem(names: list[str]) -> str | None:
+    """Why a `cameras` list is refused (None when it is acceptable)."""
+    if len(names) > MAX_CAMERAS:
+        return f"may list at most {MAX_CAMERAS} cameras, got {len(names)}"
+    seen: set[str] = set()
+    for name in names:
+        problem = camera_name_problem(name)
+        if problem:
+            return f"has a bad entry: {problem}"
+        if name in seen:
+            return f"lists {name!r} twice"
+        seen.add(name)
+    return None
+
+
+def camera_list(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The cameras a node serves for its `cameras` parameter: the names, or the default camera."""
+    return list(names) if names else [DEFAULT_CAMERA]
+
+
+def camera_topic(camera: str, name: str) -> str:
+    """The relative topic `name` of `camera` (`front`, `image` -> `front/image`)."""
+    return f"{camera}/{name}" if camera else name
+
+
+def camera_label(camera: str) -> str:
+    """How logs and diagnostics name a camera."""
+    return f"camera {camera}" if camera else "camera"
+
+
+def camera_parameter(camera: str, name: str) -> str:
+    """The name of a per-camera parameter (`front`, `max_frame_age` -> `front.max_frame_age`)."""
+    return f"{camera}{CAMERA_PARAMETER_SEPARATOR}{name}"
+
+
+def split_camera_parameter(parameter: str) -> tuple[str, str] | None:
+    """(camera, name) of a per-camera parameter name, or None for a node parameter."""
+    camera, sep, name = parameter.partition(CAMERA_PARAMETER_SEPARATOR)
+    if not sep or camera_name_problem(camera) is not None:
+        return None
+    return camera, name
+
+
+# ----------------------------------------------------------------------------- launch arguments
+def parse_camera_argument(text: str) -> list[str]:
+    """A launch argument listing cameras: `front,wrist`, `front wrist` or `[front, wrist]`.
+
+    Empty (or `[]`) is the default single camera. Raises ValueError naming the problem.
+    """
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    names = [part.strip().strip("'\"") for part in re.split(r"[,\s]+", body) if part.strip()]
+    problem = camera_names_problem(names)
+    if problem:
+        raise ValueError(f"cameras {problem}")
+    return names
+
+
+def image_remappings(cameras: list[str], images_text: str, image: str) -> list[tuple[str, str]]:
+    """Remappings of the cameras' image topics for the launch file.
+
+    `image` remaps the single default camera's `image` (and `image/compressed`), as before.
+    With cameras, `images_text` lists one source topic per camera in the same order (same
+    syntax as the camera list; empty: no remapping, each camera reads `<camera>/image`).
+    """
+    if not cameras:
+        return [("image", image), ("image/compressed", f"{image}/compressed")]
+    body = images_text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    sources = [part.strip().strip("'\"") for part in re.split(r"[,\s]+", body) if part.strip()]
+    if not sources:
+        return []
+    if len(sources) != len(cameras):
+        raise ValueError(f"images lists {len(sources)} topics for {len(cameras)} cameras ({', '.join(cameras)}): give one per camera")
+    remaps = []
+    for camera, source in zip(cameras, sources):
+        remaps += [(camera_topic(camera, "image"), source), (camera_topic(camera, "image/compressed"), f"{source}/compressed")]
+    return remaps
