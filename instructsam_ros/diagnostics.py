@@ -3,7 +3,8 @@
 Everything a user needs to tell "no output" apart: is the node active, does it have an
 instruction, do frames arrive, are they dropped (replaced by a newer frame, too old, or
 malformed), how long the model takes, how old frames are when processed, and how much device
-memory the model holds.
+memory the model holds. A node of several cameras publishes one status for the node (all
+cameras together, batch sizes, memory) and one per camera (its instruction, counters, latency).
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class StreamStats:
         self.dropped_bad_input = 0
         self.skipped_no_instruction = 0
         self.last_problem = ""
+        # Model calls (a batch holds one frame per camera) and the frames they carried.
+        self.batches = 0
+        self.batched_frames = 0
+        self.largest_batch = 0
 
     def count(self, field: str, problem: str | None = None) -> None:
         with self._lock:
@@ -54,6 +59,12 @@ class StreamStats:
         with self._lock:
             self.processed += 1
             self._timings.append(timing)
+
+    def record_batch(self, size: int) -> None:
+        with self._lock:
+            self.batches += 1
+            self.batched_frames += size
+            self.largest_batch = max(self.largest_batch, size)
 
     @property
     def dropped(self) -> int:
@@ -96,19 +107,20 @@ def device_memory_bytes(device: str | None) -> tuple[str, int]:
         return "unknown", 0
 
 
-def build_diagnostics(
+def build_status(
     name: str,
     hardware_id: str,
     level: int,
     message: str,
     stats: StreamStats,
     extra: dict[str, str],
-    stamp,
-    device: str | None,
-) -> DiagnosticArray:
-    """A DiagnosticArray with one status for the node."""
+    device: str | None = None,
+    memory: bool = True,
+    batches: bool = True,
+) -> DiagnosticStatus:
+    """One DiagnosticStatus: `extra`, the counters and timings of `stats`, and (with `memory`)
+    the device memory the process holds; (with `batches`) the model calls' batch sizes."""
     summary = stats.summary()
-    kind, memory = device_memory_bytes(device)
     values = {
         **extra,
         "frames_received": str(stats.received),
@@ -123,17 +135,38 @@ def build_diagnostics(
         "latency_p95_ms": f"{summary['processing_latency_p95'] * 1e3:.1f}",
         "model_latency_median_ms": f"{summary['model_latency_median'] * 1e3:.1f}",
         "frame_age_median_ms": f"{summary['frame_age_median'] * 1e3:.1f}",
-        "device_memory_mb": f"{memory / 2**20:.1f}",
-        "device_memory_kind": kind,
-        "last_problem": stats.last_problem,
     }
+    if batches:
+        values["model_calls"] = str(stats.batches)
+        values["frames_per_call_mean"] = f"{stats.batched_frames / stats.batches:.2f}" if stats.batches else "0.00"
+        values["frames_per_call_max"] = str(stats.largest_batch)
+    if memory:
+        kind, amount = device_memory_bytes(device)
+        values["device_memory_mb"] = f"{amount / 2**20:.1f}"
+        values["device_memory_kind"] = kind
+    values["last_problem"] = stats.last_problem
     status = DiagnosticStatus()
     status.level = bytes([level]) if isinstance(level, int) else level
     status.name = name
     status.hardware_id = hardware_id
     status.message = message
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return status
+
+
+def build_diagnostics(
+    name: str,
+    hardware_id: str,
+    level: int,
+    message: str,
+    stats: StreamStats,
+    extra: dict[str, str],
+    stamp,
+    device: str | None,
+    more: list[DiagnosticStatus] | tuple[DiagnosticStatus, ...] = (),
+) -> DiagnosticArray:
+    """A DiagnosticArray with one status for the node, then `more` (one per camera)."""
     array = DiagnosticArray()
     array.header.stamp = stamp
-    array.status = [status]
+    array.status = [build_status(name, hardware_id, level, message, stats, extra, device), *more]
     return array

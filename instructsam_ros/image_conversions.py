@@ -78,6 +78,12 @@ class BadImageError(UserError):
         self.kind = kind
 
 
+# The model's image branch (Qwen-VL's smart resize) refuses frames whose long side is more than
+# 200 times the short one; such a frame is refused here with that reason instead of failing
+# inside the model (in a batch of several cameras it would fail the others' frames too).
+MAX_ASPECT_RATIO = 200
+
+
 def _check_size(height: int, width: int, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
         raise BadImageError(f"empty image ({width}x{height})", "empty_image")
@@ -85,6 +91,11 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
         raise BadImageError(
             f"image {width}x{height} has {height * width} pixels, more than max_input_pixels={max_pixels}",
             "too_many_pixels",
+        )
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise BadImageError(
+            f"image {width}x{height} is more than {MAX_ASPECT_RATIO} times as long as it is wide (the model's limit)",
+            "aspect_ratio",
         )
 
 

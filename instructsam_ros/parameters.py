@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructsam_core.tokens import MAX_INSTRUCTION_CHARS  # one limit for the CLI and the node
+from instructsam_ros.cameras import camera_names_problem
 
 # Limits on fixed phrases, shared by the `phrases` parameter and the Segment service: every
 # phrase is a row of the model's batch (10 queries, a mask each), so a request with a thousand
@@ -25,6 +26,7 @@ MAX_PHRASE_CHARS = 200
 START = "start"  # read once when the node starts
 LIVE = "live"  # the next frame
 CONFIGURE = "configure"  # the next configure transition (model, device, topics, QoS)
+ACTIVATE = "activate"  # the next activation (deactivate, activate) or configure: the camera set
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -37,7 +39,7 @@ class ParameterSpec:
     default: Any
     description: str
     applies: str
-    check: Callable[[Any], str | None] | None = None  # returns a reason when the value is bad
+    check: Callable[[Any], str | None] | None = None  # returns a reason when the value is bad (lists: the whole list)
 
 
 def _in_range(low: float, high: float, low_open: bool = False) -> Callable[[Any], str | None]:
@@ -91,11 +93,16 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("dtype", "auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16", CONFIGURE, _choice(DTYPE_CHOICES)),
     ParameterSpec("warmup", True, "run one inference on configure so the first frame is not slow", CONFIGURE),
     ParameterSpec("instruction", "", "instruction to start with; setting it replaces the current instruction", LIVE, _instruction),
-    ParameterSpec("phrases", [], "fixed target phrases: skip generation and segment these (empty: generate from the instruction)", LIVE, None),
+    ParameterSpec("phrases", [], "fixed target phrases of the node's instruction: skip generation and segment these (empty: "
+                  "generate from the instruction); a camera with its own instruction does not use them", LIVE, phrase_list_problem),
+    ParameterSpec("cameras", [], "camera names, each a sub-namespace: [front, wrist] -> front/image, front/segmentation, ... "
+                  "(empty: one camera on image, segmentation, ...)", ACTIVATE, camera_names_problem),
+    ParameterSpec("max_batch", 4, "most frames (one per camera) in one model call", LIVE, _in_range(1, 64)),
     ParameterSpec("threshold", 0.3, "minimum instance score", LIVE, _in_range(0.0, 1.0)),
     ParameterSpec("max_instances", 100, "most instances per frame (highest scores kept)", LIVE, _in_range(1, 1000)),
     ParameterSpec("max_input_pixels", 4096 * 4096, "frames with more pixels are dropped", LIVE, _in_range(1, 1 << 28)),
-    ParameterSpec("max_frame_age", 0.5, "seconds; frames older than this when the model is free are dropped (0: never)", LIVE, _in_range(0.0, 3600.0)),
+    ParameterSpec("max_frame_age", 0.5, "seconds; frames older than this when the model is free are dropped (0: never); "
+                  "<camera>.max_frame_age overrides it for one camera", LIVE, _in_range(0.0, 3600.0)),
     ParameterSpec("regenerate_period", 0.0, "seconds after which the phrases are generated again from the current frame (0: only when the instruction changes)", LIVE, _in_range(0.0, 86400.0)),
     ParameterSpec("empty_retry_period", 1.0, "seconds after which an instruction that gave no phrases is generated again (0: never)", LIVE, _in_range(0.0, 86400.0)),
     ParameterSpec("tracking_iou", 0.3, "box IoU needed to keep an instance id from the previous frames", LIVE, _in_range(0.0, 1.0, low_open=True)),
@@ -110,6 +117,23 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 )
 PARAMETER_NAMES = frozenset(spec.name for spec in PARAMETERS)
 
+# Parameters of each camera listed in `cameras`, declared as <camera>.<name> while the camera
+# exists (e.g. `-p wrist.max_frame_age:=0.2`, or `wrist: {max_frame_age: 0.2}` in YAML).
+FOLLOW_NODE = -1.0
+
+
+def _camera_max_frame_age(value: Any) -> str | None:
+    if value == FOLLOW_NODE or 0.0 <= value <= 3600.0:
+        return None
+    return f"must be in [0.0, 3600.0], or {FOLLOW_NODE} for the node's max_frame_age"
+
+
+CAMERA_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("max_frame_age", FOLLOW_NODE, "seconds; this camera's frames older than this when the model is free are "
+                  f"dropped (0: never; {FOLLOW_NODE}: the node's max_frame_age)", LIVE, _camera_max_frame_age),
+)
+CAMERA_PARAMETER_NAMES = frozenset(spec.name for spec in CAMERA_PARAMETERS)
+
 
 def spec(name: str) -> ParameterSpec:
     for entry in PARAMETERS:
@@ -118,9 +142,19 @@ def spec(name: str) -> ParameterSpec:
     raise KeyError(name)
 
 
-def validate(name: str, value: Any) -> str | None:
-    """None when `value` is acceptable for parameter `name`, else a one-line reason."""
-    entry = spec(name)
+def camera_spec(name: str) -> ParameterSpec:
+    for entry in CAMERA_PARAMETERS:
+        if entry.name == name:
+            return entry
+    raise KeyError(name)
+
+
+def validate(name: str, value: Any, entry: ParameterSpec | None = None) -> str | None:
+    """None when `value` is acceptable for parameter `name`, else a one-line reason.
+
+    `entry` is the parameter's spec when it is not a node parameter (a camera's, whose full
+    name is `name`)."""
+    entry = spec(name) if entry is None else entry
     expected = type(entry.default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -129,7 +163,7 @@ def validate(name: str, value: Any) -> str | None:
             return None  # an empty list of any element type (YAML `[]` has none)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             return f"{name} must be a list of strings"
-        reason = phrase_list_problem(list(value))
+        reason = entry.check(list(value)) if entry.check is not None else None
         return f"{name} {reason}" if reason else None
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         return f"{name} must be of type {expected.__name__}, got {type(value).__name__}"

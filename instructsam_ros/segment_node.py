@@ -1,19 +1,25 @@
 """segment_node: a managed ROS 2 node that segments every instance an instruction refers to.
 
-Topics (relative names, so namespaces and remaps give one node per camera):
+Topics (relative names, so namespaces and remaps work), per camera: the `cameras` parameter
+lists camera names, each a sub-namespace (`cameras: [front, wrist]` -> `front/image`,
+`front/segmentation`, ...); none listed (the default) is one camera on the names below.
   in   image (sensor_msgs/Image) or image/compressed (use_compressed:=true)
-  in   instruction (std_msgs/String; any publisher: volatile, or transient local and latched)
+  in   instruction (std_msgs/String; any publisher: volatile, or transient local and latched):
+       the node's instruction, which every camera follows until it gets its own on
+       <camera>/instruction
   out  segmentation (instructsam_ros/InstanceSegmentation), label_image (mono16),
-       overlay (rgb8, only while subscribed), /diagnostics
-  srv  segment (instructsam_ros/Segment): one image + instruction -> InstanceSegmentation
+       overlay (rgb8, only while subscribed); /diagnostics (the node, and each camera)
+  srv  segment (instructsam_ros/Segment): one image + instruction (+ camera) -> InstanceSegmentation
 
-Threading: the image callback only drops the frame into a one-slot buffer; an inference worker
-thread takes the newest frame, so latency is bounded by one inference whatever the camera
-rate, and a multi-threaded executor keeps services, parameters and lifecycle transitions
-responsive during inference. Bad input (frames, instructions, a model that fails to load)
-never stops the node: it is dropped, counted, and reported in a warning rate-limited per
-reason. SIGINT/SIGTERM stop the process within SHUTDOWN_BUDGET_S seconds, even while a model
-call or a model load is still running (see `main`).
+Threading: an image callback only drops the frame into its camera's latest-frame slot; one
+inference worker thread takes the newest frame of every camera that has one (up to
+`max_batch`, cameras served longest ago first) and runs them in one batched model call, so
+latency is bounded by one model call whatever the camera rates and a fast camera never takes
+a slow one's place. A multi-threaded executor keeps services, parameters and lifecycle
+transitions responsive during inference. Bad input (frames, instructions, a model that fails
+to load) never stops the node: it is dropped, counted per camera, and reported in a warning
+rate-limited per camera and reason. SIGINT/SIGTERM stop the process within SHUTDOWN_BUDGET_S
+seconds, even while a model call or a model load is still running (see `main`).
 """
 from __future__ import annotations
 
@@ -22,65 +28,73 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rclpy.utilities import get_rmw_implementation_identifier
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
 from instructsam_core.errors import UserError
+from instructsam_ros.camera_stream import Frame, RecentMessages, CameraStream, instruction_key, subscribe_instructions  # noqa: F401
+from instructsam_ros.cameras import DEFAULT_CAMERA, camera_list, camera_parameter, split_camera_parameter
 from instructsam_ros.dds_profile import frame_limit_report, use_large_data_profile  # noqa: F401 - re-exported
-from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics
-from instructsam_ros.image_conversions import BadImageError, array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
-from instructsam_ros.instance_conversions import label_image, prediction_to_msg
-from instructsam_ros.interfaces import InstanceSegmentation
-from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.parameters import CONFIGURE, PARAMETERS, clean_phrases, phrase_list_problem, spec, validate
-from instructsam_ros.frame_slot import LatestSlot
-from instructsam_ros.qos import instruction_qos, live_instruction_qos, stream_qos
+from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics, build_status
+from instructsam_ros.frame_slot import LatestSlots
+from instructsam_ros.image_conversions import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
+from instructsam_ros.instance_conversions import prediction_to_msg
+from instructsam_ros.interfaces import Segment
+from instructsam_ros.parameters import (
+    ACTIVATE,
+    CAMERA_PARAMETER_NAMES,
+    CAMERA_PARAMETERS,
+    CONFIGURE,
+    FOLLOW_NODE,
+    PARAMETERS,
+    camera_spec,
+    clean_phrases,
+    phrase_list_problem,
+    spec,
+    validate,
+)
 from instructsam_ros.segmenter import (
     BadInstructionError,
     DeviceUnavailableError,
+    InstructionCounter,
     InstructionState,
     Segmenter,
+    SegmentResult,
+    StreamRequest,
     clean_instruction,
     load_segmenter,
 )
-from instructsam_ros.interfaces import Segment
 
 NODE_NAME = "segment_node"
 # From SIGINT/SIGTERM to process exit, whatever is still running (a model call, a model load).
 SHUTDOWN_BUDGET_S = 2.5
-# How long the process waits for the inference worker to finish its frame before exiting anyway.
+# How long the process waits for the inference worker to finish its batch before exiting anyway.
 WORKER_JOIN_ON_EXIT_S = 1.0
 # A stamp further than this from the node's clock is taken as being on another clock
 # (e.g. a camera's time since boot): frame age then falls back to time since arrival.
 MAX_PLAUSIBLE_AGE_S = 60.0
 
 
-@dataclass
-class Frame:
-    msg: Image | CompressedImage
-    arrival: float  # monotonic seconds
-
-
 class ProblemLog:
     """Rate-limited warnings, one stream per kind of problem, counting what was held back.
 
     Kinds are the reasons an input is refused (`BadImageError.kind`, `BadInstructionError.kind`,
-    "stale", ...), so the first rejection of every kind is always logged.
+    "stale", ...), per camera, so the first rejection of every kind is always logged.
     """
 
     def __init__(self, logger, period_s: float = 2.0) -> None:
@@ -102,19 +116,15 @@ class ProblemLog:
         self._logger.warning(message + suffix)
 
 
-class RecentMessages:
-    """Identities of the last messages seen, so that a message received twice is applied once."""
+@dataclass
+class _Job:
+    """A frame on its way through one batch."""
 
-    def __init__(self, size: int = 64) -> None:
-        self._seen: deque[tuple] = deque(maxlen=size)
-        self._lock = threading.Lock()
-
-    def first_time(self, key: tuple) -> bool:
-        with self._lock:
-            if key in self._seen:
-                return False
-            self._seen.append(key)
-            return True
+    frame: Frame
+    rgb: np.ndarray
+    instruction: str
+    request: StreamRequest
+    ages: list[float]
 
 
 class SegmentNode(LifecycleNode):
@@ -126,10 +136,7 @@ class SegmentNode(LifecycleNode):
         for entry in PARAMETERS:
             # Dynamic typing: the type is checked by `validate` with a readable reason, and an
             # integer works for a float parameter (`-p threshold:=1`), which rclpy would refuse.
-            descriptor = ParameterDescriptor(
-                description=f"{entry.description} (applies: {entry.applies})", dynamic_typing=True
-            )
-            value = self.declare_parameter(entry.name, entry.default, descriptor).value
+            value = self.declare_parameter(entry.name, entry.default, self._descriptor(entry)).value
             reason = validate(entry.name, value)
             if reason:
                 # A bad value from the command line or YAML: keep the default, say so.
@@ -137,89 +144,149 @@ class SegmentNode(LifecycleNode):
                 self.set_parameters([Parameter(entry.name, value=entry.default)])
                 value = entry.default
             self._settings[entry.name] = value
+        # Per-camera parameters (<camera>.max_frame_age), declared while the camera exists.
+        self._camera_settings: dict[str, dict[str, Any]] = {}
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.stats = StreamStats()
+        self.stats = StreamStats()  # the node: every camera's frames, and the model calls
         self.problems = ProblemLog(self.get_logger())
-        self.instruction = InstructionState()
+        # One id sequence for the node's instruction and every camera's own.
+        self._instruction_ids = InstructionCounter()
+        self.instruction = InstructionState(counter=self._instruction_ids)
         self.instruction.set_fixed_phrases(clean_phrases(self._settings["phrases"]))
         if self._settings["instruction"].strip():
             self._accept_instruction(self._settings["instruction"], "parameter")
+        # Own instructions of named cameras, by name; kept when a camera is removed and added again.
+        self._camera_instructions: dict[str, InstructionState] = {}
 
         self._segmenter: Segmenter | None = None
         self._configure_error = ""
         self._active = False
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._scheduler: LatestSlots[str, Frame] = LatestSlots()
+        self._streams: dict[str, CameraStream] = {}  # replaced whole, never changed in place
+        self._streams_lock = threading.Lock()
+        self._stream_settings: dict[str, Any] = {}  # the settings at configure (topics, QoS)
         self._worker: threading.Thread | None = None
-        self._entities: list[Any] = []
-        self._seg_pub = self._label_pub = self._overlay_pub = None
-        self._stamp_warned = False
+        self._service = None
 
         # Instructions are accepted in every state, so one published before the node is
         # configured (or even started: transient local) applies as soon as frames flow.
-        # Two subscriptions: a volatile one matches every publisher (default-QoS tools such as
-        # `ros2 topic pub` included); a transient-local one also gets the instruction latched by
-        # a publisher started earlier, but cannot match volatile publishers (its "incompatible
-        # QoS" reports are expected and silenced). A message from a transient-local publisher
-        # reaches both and is applied once (`_recent_instructions`).
+        # Two subscriptions (camera_stream.subscribe_instructions): a volatile one matches every
+        # publisher (default-QoS tools such as `ros2 topic pub` included); a transient-local one
+        # also gets the instruction latched by a publisher started earlier. A message from a
+        # transient-local publisher reaches both and is applied once (`_recent_instructions`).
         self._recent_instructions = RecentMessages()
-        instruction_group = MutuallyExclusiveCallbackGroup()
-        instruction_sub = self.create_subscription(
-            String, "instruction", self._on_instruction, live_instruction_qos(), callback_group=instruction_group,
-        )
-        self._latched_instruction_sub = self.create_subscription(
-            String, "instruction", self._on_instruction, instruction_qos(), callback_group=instruction_group,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None),
-        )
-        self._instruction_topic = instruction_sub.topic_name
+        self._instruction_group = MutuallyExclusiveCallbackGroup()
+        instruction_subs = subscribe_instructions(self, "instruction", self._on_instruction, self._instruction_group)
+        self._latched_instruction_sub = instruction_subs[1]
+        self._instruction_topic = instruction_subs[0].topic_name
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(
             float(self._settings["diagnostics_period"]), self._publish_diagnostics,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self._service_group = MutuallyExclusiveCallbackGroup()
-        self._image_group = MutuallyExclusiveCallbackGroup()
+
+    @staticmethod
+    def _descriptor(entry) -> ParameterDescriptor:
+        return ParameterDescriptor(description=f"{entry.description} (applies: {entry.applies})", dynamic_typing=True)
 
     # ------------------------------------------------------------------ parameters
+    def _parameter_spec(self, name: str):
+        """(spec, camera) of a parameter this node validates, or None for one it does not own."""
+        if name in self._settings:
+            return spec(name), None
+        split = split_camera_parameter(name)
+        if split is not None and split[1] in CAMERA_PARAMETER_NAMES:
+            return camera_spec(split[1]), split[0]
+        return None
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
-            if param.name not in self._settings:
+            owned = self._parameter_spec(param.name)
+            if owned is None:
                 continue
-            reason = validate(param.name, param.value)
+            reason = validate(param.name, param.value, owned[0])
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         configured = self._segmenter is not None
         for param in params:
-            if param.name not in self._settings:
+            owned = self._parameter_spec(param.name)
+            if owned is None:
+                continue
+            if owned[1] is not None:
+                self._camera_settings.setdefault(owned[1], {})[owned[0].name] = param.value
                 continue
             self._settings[param.name] = param.value
             if configured and spec(param.name).applies == CONFIGURE:
                 self.get_logger().info(f"{param.name} takes effect at the next configure (cleanup, then configure)")
+            elif configured and spec(param.name).applies == ACTIVATE:
+                self.get_logger().info(f"{param.name} takes effect at the next activation (deactivate, then activate)")
             if param.name == "instruction" and param.value.strip():
                 self._accept_instruction(param.value, "parameter")
             elif param.name == "phrases":
                 self.instruction.set_fixed_phrases(clean_phrases(param.value))
-            elif param.name == "tracking_iou" and self._segmenter is not None:
-                self._segmenter.tracker.iou_threshold = float(param.value)
+            elif param.name == "tracking_iou":
+                for stream in self._streams.values():
+                    stream.tracker.iou_threshold = float(param.value)
         return SetParametersResult(successful=True)
 
+    def _declare_camera_parameters(self, camera: str) -> None:
+        """Declare <camera>.<name> for every per-camera parameter (a value given at start-up,
+        e.g. `-p wrist.max_frame_age:=0.2`, applies); a bad value keeps the default, said so."""
+        for entry in CAMERA_PARAMETERS:
+            name = camera_parameter(camera, entry.name)
+            if self.has_parameter(name):
+                continue
+            try:
+                value = self.declare_parameter(name, entry.default, self._descriptor(entry)).value
+            except InvalidParameterValueException as error:
+                self.get_logger().error(f"{error}; using the default {entry.default!r}")
+                value = self.declare_parameter(name, entry.default, self._descriptor(entry), ignore_override=True).value
+            self._camera_settings.setdefault(camera, {})[entry.name] = value
+
+    def _undeclare_camera_parameters(self, camera: str) -> None:
+        for entry in CAMERA_PARAMETERS:
+            name = camera_parameter(camera, entry.name)
+            if self.has_parameter(name):
+                self.undeclare_parameter(name)
+        self._camera_settings.pop(camera, None)
+
+    def _max_frame_age(self, stream: CameraStream) -> float:
+        own = float(self._camera_settings.get(stream.name, {}).get("max_frame_age", FOLLOW_NODE))
+        return float(self._settings["max_frame_age"]) if own == FOLLOW_NODE else own
+
     # ------------------------------------------------------------------ instruction
-    def _accept_instruction(self, text: str, source: str) -> bool:
+    def _camera_instruction(self, camera: str) -> InstructionState:
+        """The own instruction of a named camera (created empty: it follows the node's)."""
+        state = self._camera_instructions.get(camera)
+        if state is None:
+            state = self._camera_instructions.setdefault(camera, InstructionState(counter=self._instruction_ids))
+        return state
+
+    def _accept_instruction(self, text: str, source: str, camera: str = DEFAULT_CAMERA) -> bool:
+        """Set the node's instruction, or `camera`'s own; refusals are warned and counted."""
+        state = self._camera_instruction(camera) if camera else self.instruction
+        where = f"{camera} " if camera else ""
         try:
-            cleaned, instruction_id = self.instruction.set(text)
+            cleaned, instruction_id = state.set(text)
         except BadInstructionError as error:
-            self.problems.warn(error.kind, f"{source}: {error}")
-            self.stats.last_problem = f"{source}: {error}"
+            self.problems.warn(f"{camera}/{error.kind}", f"{where}{source}: {error}")
+            stream = self._streams.get(camera)
+            problem = f"{where}{source}: {error}"
+            if stream is not None and camera:
+                stream.stats.last_problem = problem
+            self.stats.last_problem = problem
             return False
-        self.get_logger().info(f"instruction {instruction_id} from {source}: {cleaned!r}")
+        self.get_logger().info(f"instruction {instruction_id} from {where}{source}: {cleaned!r}")
         return True
 
     def _on_instruction(self, msg: String, info: dict) -> None:
-        # One sample has the same source timestamp, sequence number and writer on both
-        # subscriptions; two publications of the same text differ in those.
-        key = (msg.data, info.get("source_timestamp"), info.get("publication_sequence_number"), repr(info.get("publisher_gid")))
-        if self._recent_instructions.first_time(key):
+        if self._recent_instructions.first_time(instruction_key(msg, info)):
             self._accept_instruction(msg.data, "instruction topic")
+
+    def _on_camera_instruction(self, stream: CameraStream, text: str) -> None:
+        self._accept_instruction(text, "instruction topic", stream.name)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -240,41 +307,29 @@ class SegmentNode(LifecycleNode):
             self.stats.last_problem = self._configure_error
             self.get_logger().error(self._configure_error + " (fix the 'model' or 'sam3_config' parameter and configure again)")
             return TransitionCallbackReturn.FAILURE
-        segmenter.tracker.iou_threshold = float(s["tracking_iou"])
         self._diag_timer.timer_period_ns = int(float(s["diagnostics_period"]) * 1e9)
         self._segmenter = segmenter
         self._configure_error = ""
         self.get_logger().info(
             f"model ready on {segmenter.device} in {time.perf_counter() - start:.1f} s (warm-up {warmup_s:.2f} s)"
         )
-
-        out_qos = stream_qos(s["output_qos_reliability"], int(s["output_qos_depth"]))
-        self._seg_pub = self.create_lifecycle_publisher(InstanceSegmentation, "segmentation", out_qos)
-        self._label_pub = self.create_lifecycle_publisher(Image, "label_image", out_qos)
-        self._overlay_pub = self.create_lifecycle_publisher(Image, "overlay", out_qos)
-        in_qos = stream_qos(s["image_qos_reliability"], int(s["image_qos_depth"]))
-        if s["use_compressed"]:
-            image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos, callback_group=self._image_group)
-        else:
-            image_sub = self.create_subscription(Image, "image", self._on_image, in_qos, callback_group=self._image_group)
-        service = self.create_service(Segment, "segment", self._on_segment, callback_group=self._service_group)
-        self._entities = [image_sub, service]
-        self._slot = LatestSlot()
+        self._stream_settings = dict(s)
+        self._scheduler = LatestSlots()
+        self._apply_cameras()
+        self._service = self.create_service(Segment, "segment", self._on_segment, callback_group=self._service_group)
         self._worker = threading.Thread(target=self._work, name="instructsam-inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"listening on {image_sub.topic_name} ({s['image_qos_reliability']}, depth {s['image_qos_depth']})"
-        )
         self.get_logger().info(frame_limit_report(os.environ, get_rmw_implementation_identifier()))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._apply_cameras()  # the camera list may have changed while inactive
         self._active = True
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
-        self._slot.clear()
+        self._scheduler.clear()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -289,46 +344,77 @@ class SegmentNode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
+    def _apply_cameras(self) -> None:
+        """Make the streams match the `cameras` parameter: removed cameras' streams destroyed
+        (a frame of theirs still waiting is dropped), new ones created; kept cameras keep
+        everything (topics, ids, phrases, counters). Runs while frames are not processed
+        (configure, or activate before the node is active)."""
+        wanted = camera_list(self._settings["cameras"])
+        with self._streams_lock:
+            streams = dict(self._streams)
+            for name in [n for n in streams if n not in wanted]:
+                stream = streams.pop(name)
+                self._scheduler.discard(name)
+                stream.destroy()
+                self.get_logger().info(f"{stream.label}: removed (stopped listening on {stream.image_topic})")
+            for name in [n for n in self._camera_settings if n not in wanted]:
+                self._undeclare_camera_parameters(name)  # also of a camera removed while unconfigured
+            for name in wanted:
+                if name in streams:
+                    continue
+                if name:
+                    self._declare_camera_parameters(name)
+                stream = CameraStream(
+                    self, name, self._stream_settings, self._submit, self.stats,
+                    self._camera_instruction(name) if name else None, self._on_camera_instruction,
+                    # A callback group per camera: a fast camera's callbacks do not hold up a slow one's.
+                    MutuallyExclusiveCallbackGroup(), self._instruction_group, float(self._settings["tracking_iou"]),
+                )
+                streams[name] = stream
+                s = self._stream_settings
+                own = f"; own instruction on {stream.instruction_topic}" if stream.instruction_topic else ""
+                self.get_logger().info(
+                    f"{stream.label + ': ' if name else ''}listening on {stream.image_topic} "
+                    f"({s['image_qos_reliability']}, depth {s['image_qos_depth']}){own}"
+                )
+            self._streams = {name: streams[name] for name in wanted}
+
     def stop_for_exit(self, timeout: float) -> None:
         """Stop streaming before the process exits: no model release, no waiting for a model call.
 
-        The worker gets `timeout` seconds to finish the frame it is on; a model call still
+        The worker gets `timeout` seconds to finish the batch it is on; a model call still
         running after that ends with the process.
         """
         self._active = False
-        self._slot.close()
+        self._scheduler.close()
         if self._worker is not None:
             self._worker.join(timeout=timeout)
 
     def _teardown(self) -> None:
-        """Stop the worker, destroy the streaming entities and release the model."""
+        """Stop the worker, destroy the streams and the service, release the model."""
         self._active = False
-        self._slot.close()
+        self._scheduler.close()
         if self._worker is not None:
             self._worker.join(timeout=60.0)
             self._worker = None
-        for entity in self._entities:
-            if hasattr(entity, "srv_type"):
-                self.destroy_service(entity)
-            else:
-                self.destroy_subscription(entity)
-        self._entities = []
-        for pub in (self._seg_pub, self._label_pub, self._overlay_pub):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub) if hasattr(self, "destroy_lifecycle_publisher") else self.destroy_publisher(pub)
-        self._seg_pub = self._label_pub = self._overlay_pub = None
+        with self._streams_lock:
+            streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.destroy()  # its <camera>.* parameters stay: the camera list has not changed
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
         if self._segmenter is not None:
             self._segmenter.release()
             self._segmenter = None
 
     # ------------------------------------------------------------------ streaming
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.stats.count("received")
+    def _submit(self, stream: CameraStream, frame: Frame) -> None:
+        """Image callbacks: the frame takes its camera's slot (replacing one never started)."""
         if not self._active:
             return
-        frame = Frame(msg, time.monotonic())
-        if self._slot.put(frame):
-            self.stats.count("dropped_replaced")
+        if self._scheduler.put(stream.name, frame):
+            stream.count("dropped_replaced")
 
     def _frame_age(self, frame: Frame) -> float:
         stamp = Time.from_msg(frame.msg.header.stamp).nanoseconds
@@ -340,107 +426,131 @@ class SegmentNode(LifecycleNode):
             return age
         if -MAX_PLAUSIBLE_AGE_S <= age < 0.0:
             return since_arrival  # stamped slightly ahead of this clock
-        if not self._stamp_warned:
-            self._stamp_warned = True
+        stream = frame.stream
+        if not stream.stamp_warned:
+            stream.stamp_warned = True
+            prefix = f"{stream.label}: " if stream.name else ""
             self.get_logger().warning(
-                f"image stamps are {age:.0f} s away from this node's clock; frame age is measured from arrival"
+                f"{prefix}image stamps are {age:.0f} s away from this node's clock; frame age is measured from arrival"
             )
         return since_arrival
 
     def _work(self) -> None:
-        slot = self._slot
+        scheduler = self._scheduler
         while True:
-            frame = slot.take(timeout=0.5)
-            if slot.closed:
+            taken = scheduler.take_batch(int(self._settings["max_batch"]), timeout=0.5)
+            if scheduler.closed:
                 return
-            if frame is None or not self._active:
+            if not taken or not self._active:
                 continue
+            frames = [frame for _, frame in taken]
             try:
-                self._process(frame)
+                self._process_batch(frames)
             except Exception as error:  # noqa: BLE001 - the worker must survive anything
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                self.stats.count("dropped_bad_input", f"inference failed: {reason}")
-                self.problems.warn("inference", f"frame dropped: inference failed: {type(error).__name__}: {reason}")
+                for frame in frames:
+                    frame.stream.count("dropped_bad_input", f"inference failed: {reason}")
+                self.problems.warn("inference", f"frames dropped: inference failed: {type(error).__name__}: {reason}")
 
-    def _too_old(self, age: float, when: str) -> bool:
-        """Count and report a frame older than max_frame_age; True when it must be dropped."""
-        max_age = float(self._settings["max_frame_age"])
+    def _warn(self, stream: CameraStream, kind: str, message: str) -> None:
+        """A warning about one camera's input, rate-limited per camera and kind."""
+        self.problems.warn(f"{stream.name}/{kind}", f"{stream.label}: {message}" if stream.name else message)
+
+    def _too_old(self, stream: CameraStream, age: float, when: str) -> bool:
+        """Count and report a frame older than its camera's max_frame_age; True when it must be dropped."""
+        max_age = self._max_frame_age(stream)
         if max_age <= 0 or age <= max_age:
             return False
-        self.stats.count("dropped_stale", f"frame {age * 1e3:.0f} ms old {when} > max_frame_age")
-        self.problems.warn("stale", f"frame dropped: {age * 1e3:.0f} ms old {when}, max_frame_age is {max_age * 1e3:.0f} ms")
+        stream.count("dropped_stale", f"frame {age * 1e3:.0f} ms old {when} > max_frame_age")
+        self._warn(stream, "stale", f"frame dropped: {age * 1e3:.0f} ms old {when}, max_frame_age is {max_age * 1e3:.0f} ms")
         return True
 
-    def _process(self, frame: Frame) -> None:
-        s = self._settings
-        segmenter = self._segmenter
-        if segmenter is None:
-            return
-        if self._too_old(self._frame_age(frame), "when taken"):
-            return
-        instruction, instruction_id, fixed = self.instruction.snapshot()
+    def _prepare(self, frame: Frame) -> _Job | None:
+        """Age, instruction and pixels of one frame; None when it is dropped (counted, warned)."""
+        stream = frame.stream
+        if stream.closed:
+            return None
+        if self._too_old(stream, self._frame_age(frame), "when taken"):
+            return None
+        instruction, instruction_id, fixed, own = stream.instruction_snapshot(self.instruction)
         if not instruction:
-            self.stats.count("skipped_no_instruction")
-            self.problems.warn(
-                "no_instruction",
-                f"no instruction yet: publish one on {self._instruction_topic} "
-                "or set the 'instruction' parameter",
-            )
-            return
+            stream.count("skipped_no_instruction")
+            where = f" or on {stream.instruction_topic}" if stream.instruction_topic else ""
+            self._warn(stream, "no_instruction", f"no instruction yet: publish one on {self._instruction_topic}{where} "
+                                                 "or set the 'instruction' parameter")
+            return None
+        max_pixels = int(self._settings["max_input_pixels"])
         try:
             if isinstance(frame.msg, CompressedImage):
-                rgb = compressed_msg_to_rgb(frame.msg, int(s["max_input_pixels"]))
+                rgb = compressed_msg_to_rgb(frame.msg, max_pixels)
             else:
-                rgb = image_msg_to_rgb(frame.msg, int(s["max_input_pixels"]))
+                rgb = image_msg_to_rgb(frame.msg, max_pixels)
         except BadImageError as error:
-            self.stats.count("dropped_bad_input", str(error))
-            self.problems.warn(error.kind, f"frame dropped: {error}")
-            return
+            stream.count("dropped_bad_input", str(error))
+            self._warn(stream, error.kind, f"frame dropped: {error}")
+            return None
         ages: list[float] = []
 
         def fresh_when_model_free() -> bool:
             # The model may have been busy with a service call: age the frame again now.
             ages.append(self._frame_age(frame))
-            return not self._too_old(ages[-1], "when the model was free")
+            return not self._too_old(stream, ages[-1], "when the model was free")
 
-        result = segmenter.segment_stream(
-            rgb, instruction, instruction_id, fixed,
+        request = StreamRequest(rgb, instruction, instruction_id, fixed, stream.phrase_cache, stream.tracker, fresh_when_model_free)
+        return _Job(frame, rgb, instruction, request, ages)
+
+    def _process_batch(self, frames: list[Frame]) -> None:
+        s = self._settings
+        segmenter = self._segmenter
+        if segmenter is None:
+            return
+        jobs = [job for job in (self._prepare(frame) for frame in frames) if job is not None]
+        if not jobs:
+            return
+        outcomes = segmenter.segment_batch(
+            [job.request for job in jobs],
             threshold=float(s["threshold"]), max_instances=int(s["max_instances"]),
             regenerate_period=float(s["regenerate_period"]), empty_retry_period=float(s["empty_retry_period"]),
-            admit=fresh_when_model_free,
         )
-        if result is None:
-            return
-        age = ages[-1]
-        if result.generated:
-            self.get_logger().info(f"instruction {instruction_id}: phrases {result.prediction.phrases}")
-        self._publish(frame, rgb, result, instruction)
-        self.stats.record(FrameTiming(time.monotonic(), time.monotonic() - frame.arrival, result.model_latency, age))
-
-    def _publish(self, frame: Frame, rgb, result, instruction: str) -> None:
-        header = frame.msg.header
-        prediction = result.prediction
-        seg_pub, label_pub, overlay_pub = self._seg_pub, self._label_pub, self._overlay_pub
-        if seg_pub is None or not self._active:
-            return  # deactivated during inference: the result is not published
-        want_label = bool(self._settings["publish_label_image"]) and label_pub.get_subscription_count() > 0
-        want_overlay = bool(self._settings["publish_overlay"]) and overlay_pub.get_subscription_count() > 0
-        labels = None
-        if want_label or want_overlay:
-            labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1], result.boxes)
-        msg = prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, 0.0, result.boxes, instruction)
-        msg.processing_latency = time.monotonic() - frame.arrival
-        seg_pub.publish(msg)
-        if want_label:
-            label_pub.publish(array_to_image_msg(labels, "mono16", header))
-        if want_overlay:
-            overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes)
-            overlay_pub.publish(array_to_image_msg(overlay, "rgb8", header))
+        ran = [o for o in outcomes if isinstance(o, BaseException) or (isinstance(o, SegmentResult) and o.batch_size)]
+        if ran:
+            self.stats.record_batch(len(ran))
+        for job, outcome in zip(jobs, outcomes):
+            stream = job.frame.stream
+            if outcome is None:
+                continue  # too old once the model was free (counted)
+            if isinstance(outcome, BaseException):
+                reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+                stream.count("dropped_bad_input", f"inference failed: {reason}")
+                self._warn(stream, "inference", f"frame dropped: inference failed: {type(outcome).__name__}: {reason}")
+                continue
+            if outcome.generated:
+                prefix = f"{stream.label}: " if stream.name else ""
+                self.get_logger().info(f"{prefix}instruction {outcome.instruction_id}: phrases {outcome.prediction.phrases}")
+            if stream.publish(job.frame, job.rgb, outcome, job.instruction, s, self._active):
+                now = time.monotonic()
+                stream.record(FrameTiming(now, now - job.frame.arrival, outcome.model_latency, job.ages[-1]))
 
     # ------------------------------------------------------------------ service
+    def _known_cameras(self) -> list[str]:
+        names = list(self._settings["cameras"])
+        return names + [name for name in self._streams if name and name not in names]
+
     def _on_segment(self, request: Segment.Request, response: Segment.Response) -> Segment.Response:
         s = self._settings
-        current, current_id, _ = self.instruction.snapshot()
+        camera = request.camera.strip()
+        if camera:
+            known = self._known_cameras()
+            if camera not in known:
+                served = f"its cameras are {', '.join(known)}" if known else "it has no named cameras (leave camera empty)"
+                response.success, response.message = False, f"unknown camera {camera!r}: {served}"
+                return response
+            own = self._camera_instruction(camera)
+            current, current_id, _ = own.snapshot()
+            if not current:
+                current, current_id, _ = self.instruction.snapshot()
+        else:
+            current, current_id, _ = self.instruction.snapshot()
         text = request.instruction.strip()
         try:
             instruction = clean_instruction(text) if text else clean_instruction(current)
@@ -455,8 +565,9 @@ class SegmentNode(LifecycleNode):
             return response
         instruction_id = current_id if instruction == current and not request.set_as_current else 0
         if request.set_as_current:
-            self._accept_instruction(instruction, "segment service")
-            _, instruction_id, _ = self.instruction.snapshot()
+            self._accept_instruction(instruction, "segment service", camera)
+            state = self._camera_instruction(camera) if camera else self.instruction
+            _, instruction_id, _ = state.snapshot()
         if request.image.width == 0 and request.image.height == 0 and not request.image.data:
             response.success = bool(request.set_as_current)
             response.message = "instruction set" if request.set_as_current else "empty image"
@@ -487,16 +598,18 @@ class SegmentNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         state = "active" if self._active else ("inactive" if self._segmenter is not None else "unconfigured")
         instruction, instruction_id, fixed = self.instruction.snapshot()
+        streams = list(self._streams.values())
+        named = [stream for stream in streams if stream.name]
         if self._configure_error:
             level, message = ERROR, self._configure_error
         elif not self._active:
             level, message = WARN, f"{state}: not processing frames"
-        elif not instruction:
+        elif not named and not instruction:
             level, message = WARN, "no instruction"
         elif self.stats.received == 0:
             level, message = WARN, "no frames received"
         else:
-            level, message = OK, "segmenting"
+            level, message = OK, f"segmenting {len(named)} cameras" if named else "segmenting"
         extra = {
             "state": state,
             "instruction": instruction,
@@ -505,12 +618,38 @@ class SegmentNode(LifecycleNode):
             "model": str(self._settings["model"]),
             "device": self._segmenter.device if self._segmenter is not None else str(self._settings["device"]),
         }
+        if named:
+            extra["cameras"] = ", ".join(stream.name for stream in named)
         device = self._segmenter.device if self._segmenter is not None else None
+        fqn = self.get_fully_qualified_name()
         array = build_diagnostics(
-            f"{self.get_fully_qualified_name()}: segmentation", "instructsam", level, message,
+            f"{fqn}: segmentation", "instructsam", level, message,
             self.stats, extra, self.get_clock().now().to_msg(), device,
+            [self._camera_status(fqn, stream, state) for stream in named],
         )
         self._diag_pub.publish(array)
+
+    def _camera_status(self, fqn: str, stream: CameraStream, state: str) -> DiagnosticStatus:
+        instruction, instruction_id, fixed, own = stream.instruction_snapshot(self.instruction)
+        if self._configure_error or not self._active:
+            level, message = WARN, f"{state}: not processing frames"
+        elif not instruction:
+            level, message = WARN, "no instruction"
+        elif stream.stats.received == 0:
+            level, message = WARN, "no frames received"
+        else:
+            level, message = OK, "segmenting"
+        extra = {
+            "camera": stream.name,
+            "image_topic": stream.image_topic,
+            "instruction": instruction,
+            "instruction_id": str(instruction_id),
+            "instruction_from": "camera" if own else "node",
+            "fixed_phrases": ", ".join(fixed),
+            "max_frame_age": f"{self._max_frame_age(stream):g}",
+        }
+        return build_status(f"{fqn}: {stream.label}", "instructsam", level, message, stream.stats, extra,
+                            memory=False, batches=False)
 
 
 def _exit_now(status: int, why: str = "") -> None:

@@ -4,7 +4,10 @@ Examples:
   ros2 launch instructsam_ros segment.launch.py image:=/camera/color/image_raw
   ros2 launch instructsam_ros segment.launch.py namespace:=front image:=/front/image_raw/compressed \
       use_compressed:=true device:=cuda:0 threshold:=0.4
-Then publish an instruction (latched):
+Several cameras on one model (one node; topics <camera>/image, <camera>/segmentation, ...):
+  ros2 launch instructsam_ros segment.launch.py cameras:=front,wrist \
+      images:=/front/color/image_raw,/wrist/color/image_raw device:=cuda
+Then publish an instruction (latched) for every camera, or for one camera on <camera>/instruction:
   ros2 topic pub --once --qos-durability transient_local <namespace>/instruction std_msgs/String \
       "data: 'segment the cups'"
 
@@ -17,12 +20,43 @@ Parameters not exposed as launch arguments are in config/segment_node.yaml (`par
 Kept thin on purpose: everything it sets is a parameter the node declares (tested).
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from instructsam_ros.cameras import image_remappings, parse_camera_argument
 from instructsam_ros.dds_profile import profile_variables
+
+
+def _segment_node(context):
+    """The node, with the camera list and the image remappings read from the arguments
+    (cameras:=front,wrist; images:=/front/...,/wrist/...; one camera: image:=...)."""
+    cameras = parse_camera_argument(LaunchConfiguration("cameras").perform(context))
+    remappings = image_remappings(cameras, LaunchConfiguration("images").perform(context),
+                                  LaunchConfiguration("image").perform(context))
+    overrides = {
+        "model": LaunchConfiguration("model"),
+        "device": LaunchConfiguration("device"),
+        "sam3_config": LaunchConfiguration("sam3_config"),
+        "use_compressed": LaunchConfiguration("use_compressed"),
+        "threshold": LaunchConfiguration("threshold"),
+        "autostart": LaunchConfiguration("autostart"),
+    }
+    if cameras:  # an empty list has no type in ROS parameters: no camera listed is the default
+        overrides.update({"cameras": cameras})
+    return [
+        Node(
+            package="instructsam_ros",
+            executable="segment_node",
+            name="segment_node",
+            namespace=LaunchConfiguration("namespace"),
+            output="screen",
+            emulate_tty=True,
+            parameters=[LaunchConfiguration("params_file"), overrides],
+            remappings=remappings,
+        )
+    ]
 
 
 def generate_launch_description():
@@ -31,39 +65,20 @@ def generate_launch_description():
         DeclareLaunchArgument("model", default_value="default", description="model directory, or 'default' (embedded model)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
         DeclareLaunchArgument("sam3_config", default_value="", description="directory with SAM3's config.json (empty: the model's own)"),
-        DeclareLaunchArgument("image", default_value="image", description="input image topic (remaps 'image' and 'image/compressed')"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics (one per camera)"),
+        DeclareLaunchArgument("image", default_value="image", description="input image topic of the single camera (remaps 'image' and 'image/compressed')"),
+        DeclareLaunchArgument("cameras", default_value="", description="camera names, e.g. front,wrist: one node serves them all (topics <camera>/image, ...); empty: one camera"),
+        DeclareLaunchArgument("images", default_value="", description="with cameras: one input image topic per camera, in the same order (empty: <camera>/image)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe to <image>/compressed"),
         DeclareLaunchArgument("threshold", default_value="0.3", description="minimum instance score"),
         DeclareLaunchArgument("autostart", default_value="true", description="configure and activate on start"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([config, "segment_node.yaml"]), description="parameter YAML"),
         DeclareLaunchArgument("fastdds_profile", default_value=PathJoinSubstitution([config, "fastdds_large_data.xml"]), description="Fast DDS profile: fastdds_large_data.xml (16 MiB messages) or fastdds_large_frames.xml (64 MiB)"),
     ]
-    image = LaunchConfiguration("image")
-    node = Node(
-        package="instructsam_ros",
-        executable="segment_node",
-        name="segment_node",
-        namespace=LaunchConfiguration("namespace"),
-        output="screen",
-        emulate_tty=True,
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "model": LaunchConfiguration("model"),
-                "device": LaunchConfiguration("device"),
-                "sam3_config": LaunchConfiguration("sam3_config"),
-                "use_compressed": LaunchConfiguration("use_compressed"),
-                "threshold": LaunchConfiguration("threshold"),
-                "autostart": LaunchConfiguration("autostart"),
-            },
-        ],
-        remappings=[("image", image), ("image/compressed", [image, "/compressed"])],
-    )
     return LaunchDescription(
         [
             *arguments,
             *[SetEnvironmentVariable(name, LaunchConfiguration("fastdds_profile")) for name in profile_variables()],
-            node,
+            OpaqueFunction(function=_segment_node),
         ]
     )

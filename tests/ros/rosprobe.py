@@ -148,26 +148,31 @@ def stamp_ns(stamp: Time) -> int:
 
 
 class Probe:
-    """Publishers and recorders for one node namespace."""
+    """Publishers and recorders for one node namespace, or one camera of a node (`camera`):
+    its image, own instruction and output topics under <namespace>/<camera>/, and its own
+    /diagnostics status."""
 
-    def __init__(self, harness, namespace: str, node_name: str = "segment_node") -> None:
+    def __init__(self, harness, namespace: str, node_name: str = "segment_node", camera: str = "") -> None:
         self.harness = harness
         node = harness.node
         self.ns = namespace.rstrip("/")
         self.node_fqn = f"{self.ns}/{node_name}"
+        self.camera = camera
+        prefix = f"{self.ns}/{camera}" if camera else self.ns
+        self.status_name = f"{self.node_fqn}: camera {camera}" if camera else f"{self.node_fqn}: segmentation"
         self._lock = threading.Lock()
         self.results: list[InstanceSegmentation] = []
         self.labels: list[Image] = []
         self.overlays: list[Image] = []
         self.diagnostics: list[Any] = []
         self.subs = [
-            node.create_subscription(InstanceSegmentation, f"{self.ns}/segmentation", self._keep(self.results), RELIABLE),
-            node.create_subscription(Image, f"{self.ns}/label_image", self._keep(self.labels), RELIABLE),
-            node.create_subscription(Image, f"{self.ns}/overlay", self._keep(self.overlays), RELIABLE),
+            node.create_subscription(InstanceSegmentation, f"{prefix}/segmentation", self._keep(self.results), RELIABLE),
+            node.create_subscription(Image, f"{prefix}/label_image", self._keep(self.labels), RELIABLE),
+            node.create_subscription(Image, f"{prefix}/overlay", self._keep(self.overlays), RELIABLE),
             node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE),
         ]
-        self.image_pub = node.create_publisher(Image, f"{self.ns}/image", BEST_EFFORT)
-        self.instruction_pub = node.create_publisher(String, f"{self.ns}/instruction", LATCHED)
+        self.image_pub = node.create_publisher(Image, f"{prefix}/image", BEST_EFFORT)
+        self.instruction_pub = node.create_publisher(String, f"{prefix}/instruction", LATCHED)
         self.param_client = node.create_client(SetParameters, f"{self.node_fqn}/set_parameters")
 
     def _keep(self, bucket: list):
@@ -179,7 +184,7 @@ class Probe:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(self.node_fqn + ":"):
+            if status.name == self.status_name:
                 with self._lock:
                     self.diagnostics.append(status)
 

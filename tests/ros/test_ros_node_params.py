@@ -107,3 +107,30 @@ def test_a_missing_device_is_named_and_the_node_stays_unconfigured(make_node, ha
         executor.shutdown()
         harness.node.destroy_subscription(sub)
         node._teardown()
+
+
+def test_camera_parameters_exist_while_their_camera_does(make_node, tiny_model_dir):
+    """<camera>.max_frame_age is declared for each listed camera at configure (a value from the
+    command line applies, a bad one falls back to the default), and goes with its camera."""
+    assert make_node(cameras=["front", "front"]).get_parameter("cameras").value == []  # refused at start
+    node = make_node(cli_args=["--ros-args", "-p", "wrist.max_frame_age:=0.2", "-p", "rear.max_frame_age:=-3.0"],
+                     model=str(tiny_model_dir), device="cpu", warmup=False, cameras=["front", "wrist", "rear"])
+    assert not node.has_parameter("wrist.max_frame_age")  # no camera exists before configure
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert list(node._streams) == ["front", "wrist", "rear"]
+        assert node.get_parameter("wrist.max_frame_age").value == 0.2
+        assert node.get_parameter("front.max_frame_age").value == -1.0
+        assert node.get_parameter("rear.max_frame_age").value == -1.0  # -3 refused, default kept
+        refused = node.set_parameters([Parameter("front.max_frame_age", value=math.nan)])[0]
+        assert not refused.successful and refused.reason == "front.max_frame_age must be a finite number, got nan"
+        assert node._max_frame_age(node._streams["wrist"]) == 0.2
+        assert node._max_frame_age(node._streams["front"]) == 0.5  # the node's
+        # A new camera list applies at the next activation.
+        assert node.set_parameters([Parameter("cameras", value=["front", "wrist"])])[0].successful
+        assert node.has_parameter("rear.max_frame_age") and "rear" in node._streams
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert list(node._streams) == ["front", "wrist"] and not node.has_parameter("rear.max_frame_age")
+        assert node.get_parameter("wrist.max_frame_age").value == 0.2  # kept with its camera
+    finally:
+        node._teardown()

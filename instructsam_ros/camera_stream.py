@@ -1,0 +1,200 @@
+"""One camera of a segment node: its topics, instruction, tracker, phrase cache and counters.
+
+A `CameraStream` owns everything of one camera: the image subscription, the camera's own
+instruction subscriptions (named cameras), the result publishers, the latest-frame seat in
+the node's scheduler (through `submit`), the ids (`tracker`), the phrases generated from its
+frames (`phrase_cache`) and its counters (`stats`). Nothing of one camera reaches another's
+output: results are published only on the stream whose frame they answer, with that frame's
+header and that stream's ids.
+
+Further per-camera inputs belong here too (a depth image and its CameraInfo would be two more
+subscriptions of the stream, matched to its frames by stamp).
+
+The node creates streams at configure and when its camera list changes at activation, and
+destroys them at cleanup or when a camera is removed; a destroyed stream publishes nothing
+(the worker may still hold one of its frames).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from instructsam_ros.cameras import camera_label, camera_topic
+from instructsam_ros.diagnostics import FrameTiming, StreamStats
+from instructsam_ros.image_conversions import array_to_image_msg
+from instructsam_ros.instance_conversions import label_image, prediction_to_msg
+from instructsam_ros.interfaces import InstanceSegmentation
+from instructsam_ros.overlay import draw_overlay
+from instructsam_ros.qos import instruction_qos, live_instruction_qos, stream_qos
+from instructsam_ros.segmenter import InstructionState, PhraseCache, SegmentResult
+from instructsam_ros.tracking import InstanceTracker
+
+
+@dataclass
+class Frame:
+    msg: Image | CompressedImage
+    arrival: float  # monotonic seconds
+    stream: "CameraStream"
+
+
+class RecentMessages:
+    """Identities of the last messages seen, so that a message received twice is applied once."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._seen: deque[tuple] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def first_time(self, key: tuple) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.append(key)
+            return True
+
+
+def instruction_key(msg: String, info: dict) -> tuple:
+    """One sample has the same source timestamp, sequence number and writer on both instruction
+    subscriptions; two publications of the same text differ in those."""
+    return (msg.data, info.get("source_timestamp"), info.get("publication_sequence_number"), repr(info.get("publisher_gid")))
+
+
+def subscribe_instructions(node, topic: str, callback: Callable[[String, dict], None], group) -> list[Any]:
+    """The two subscriptions of an instruction topic: volatile (matches every publisher) and
+    transient local (also gets the instruction latched by a publisher started earlier; its
+    "incompatible QoS" reports about volatile publishers are expected and silenced)."""
+    return [
+        node.create_subscription(String, topic, callback, live_instruction_qos(), callback_group=group),
+        node.create_subscription(String, topic, callback, instruction_qos(), callback_group=group,
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
+    ]
+
+
+class CameraStream:
+    """See the module docstring. `name` is "" for the single default camera (no sub-namespace)."""
+
+    def __init__(
+        self,
+        node,
+        name: str,
+        settings: dict[str, Any],
+        submit: Callable[["CameraStream", Frame], None],
+        node_stats: StreamStats,
+        own_instruction: InstructionState | None,
+        on_instruction: Callable[["CameraStream", str], None],
+        image_group,
+        instruction_group,
+        tracking_iou: float,
+    ) -> None:
+        self.name = name
+        self.label = camera_label(name)
+        self._node = node
+        self._submit = submit
+        self._lock = threading.Lock()
+        self._closed = False
+        # The default camera's counters are the node's; a named camera counts in both.
+        self.stats = node_stats if not name else StreamStats()
+        self._node_stats = node_stats
+        self.own_instruction = own_instruction
+        self.tracker = InstanceTracker(iou_threshold=tracking_iou)
+        self.phrase_cache = PhraseCache()
+        self.stamp_warned = False
+        self._on_instruction_text = on_instruction
+        self._recent_instructions = RecentMessages()
+
+        in_qos = stream_qos(settings["image_qos_reliability"], int(settings["image_qos_depth"]))
+        if settings["use_compressed"]:
+            self._image_sub = node.create_subscription(
+                CompressedImage, camera_topic(name, "image/compressed"), self._on_image, in_qos, callback_group=image_group)
+        else:
+            self._image_sub = node.create_subscription(Image, camera_topic(name, "image"), self._on_image, in_qos,
+                                                       callback_group=image_group)
+        self.image_topic = self._image_sub.topic_name
+        self._subscriptions = [self._image_sub]
+        self.instruction_topic = ""
+        if own_instruction is not None:
+            subs = subscribe_instructions(node, camera_topic(name, "instruction"), self._on_instruction, instruction_group)
+            self.instruction_topic = subs[0].topic_name
+            self._subscriptions += subs
+        out_qos = stream_qos(settings["output_qos_reliability"], int(settings["output_qos_depth"]))
+        self._seg_pub = node.create_lifecycle_publisher(InstanceSegmentation, camera_topic(name, "segmentation"), out_qos)
+        self._label_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "label_image"), out_qos)
+        self._overlay_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "overlay"), out_qos)
+
+    # ------------------------------------------------------------------ inputs
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.count("received")
+        self._submit(self, Frame(msg, time.monotonic(), self))
+
+    def _on_instruction(self, msg: String, info: dict) -> None:
+        if self._recent_instructions.first_time(instruction_key(msg, info)):
+            self._on_instruction_text(self, msg.data)
+
+    def instruction_snapshot(self, node_instruction: InstructionState) -> tuple[str, int, list[str], bool]:
+        """(instruction, id, fixed phrases, own): the camera's own instruction once it has one,
+        else the node's (with the node's fixed phrases, which belong to the node's instruction)."""
+        if self.own_instruction is not None:
+            text, instruction_id, _ = self.own_instruction.snapshot()
+            if text:
+                return text, instruction_id, [], True
+        text, instruction_id, fixed = node_instruction.snapshot()
+        return text, instruction_id, fixed, False
+
+    # ------------------------------------------------------------------ counters
+    def count(self, field: str, problem: str | None = None) -> None:
+        self.stats.count(field, problem)
+        if self.stats is not self._node_stats:
+            self._node_stats.count(field, f"{self.label}: {problem}" if problem else None)
+
+    def record(self, timing: FrameTiming) -> None:
+        self.stats.record(timing)
+        if self.stats is not self._node_stats:
+            self._node_stats.record(timing)
+
+    # ------------------------------------------------------------------ outputs
+    def publish(self, frame: Frame, rgb, result: SegmentResult, instruction: str, settings: dict[str, Any], active: bool) -> bool:
+        """Publish the result of `frame` on this camera's topics; False when the stream is gone
+        or the node was deactivated meanwhile (nothing is published)."""
+        with self._lock:
+            if self._closed or not active:
+                return False
+            header = frame.msg.header
+            prediction = result.prediction
+            want_label = bool(settings["publish_label_image"]) and self._label_pub.get_subscription_count() > 0
+            want_overlay = bool(settings["publish_overlay"]) and self._overlay_pub.get_subscription_count() > 0
+            labels = None
+            if want_label or want_overlay:
+                labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1], result.boxes)
+            msg = prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, 0.0,
+                                    result.boxes, instruction)
+            msg.processing_latency = time.monotonic() - frame.arrival
+            self._seg_pub.publish(msg)
+            if want_label:
+                self._label_pub.publish(array_to_image_msg(labels, "mono16", header))
+            if want_overlay:
+                overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes)
+                self._overlay_pub.publish(array_to_image_msg(overlay, "rgb8", header))
+            return True
+
+    # ------------------------------------------------------------------ end
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def destroy(self) -> None:
+        """Destroy the stream's subscriptions and publishers; it publishes nothing afterwards."""
+        with self._lock:
+            self._closed = True
+            node = self._node
+            for sub in self._subscriptions:
+                node.destroy_subscription(sub)
+            self._subscriptions = []
+            for pub in (self._seg_pub, self._label_pub, self._overlay_pub):
+                node.destroy_lifecycle_publisher(pub) if hasattr(node, "destroy_lifecycle_publisher") else node.destroy_publisher(pub)
