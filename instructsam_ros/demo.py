@@ -1,12 +1,15 @@
 """instructsam-demo: the whole ROS 2 pipeline on one machine, in one command, no ros2 CLI.
 
 Starts three plain processes that talk over DDS, exactly as on a robot:
-  1. segment_node (the embedded default model; a freshly written tiny random model when the
-     default model is not installed, saying so),
-  2. a synthetic camera publishing a slowly panning scene of coloured shapes (sensor QoS),
-  3. this process: it publishes the instructions (latched), prints the instances of every
-     result and writes the overlay of every result as a PNG; at the end it says, per
-     instruction, how many frames found something.
+  1. segment_node serving two cameras (`front`, `wrist`) with one model (the embedded default
+     model; a freshly written tiny random model when the default model is not installed,
+     saying so),
+  2. a synthetic camera process publishing a slowly panning scene of coloured shapes on each
+     camera's `<camera>/image` (sensor QoS), the cameras panning in opposite directions,
+  3. this process: it publishes the instructions (latched): the node's, which the first camera
+     follows, and each other camera's own on `<camera>/instruction`; it prints the instances of
+     every result and writes the overlay of every result as a PNG; at the end it says, per
+     camera and instruction, how many frames found something.
 
   instructsam-demo --seconds 8 --out instructsam_demo
 """
@@ -58,20 +61,23 @@ def synthetic_scene(seed: int, height: int, width: int) -> tuple[np.ndarray, lis
 
 
 def default_instructions(shapes: list[str], colors: list[str]) -> list[str]:
-    """A category phrase (single-forward path) then a reasoning question (generation path), the
-    question in the Inst2Seg wording the embedded default model was trained on: without the
-    suffix it named the wrong shape for some questions ("warning sign" -> rings)."""
+    """A category phrase (single-forward path) for the first camera and a reasoning question
+    (generation path) for the second, the question in the Inst2Seg wording the embedded default
+    model was trained on: without the suffix it named the wrong shape for some questions
+    ("warning sign" -> rings)."""
     from instructsam_core import synth
 
     return [synth.PLURAL[shapes[0]], synth.SHAPE_REASONS[shapes[-1]][0] + synth.INST2SEG_PROMPT_SUFFIX]
 
 
 def run_camera(args: argparse.Namespace) -> int:
-    """Publish the panning scene at `rate` Hz until interrupted."""
+    """Publish the panning scene on every camera's `<camera>/image` at `rate` Hz until interrupted
+    (camera k pans in direction (-1)^k, so the cameras show different frames)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from sensor_msgs.msg import Image
 
+    from instructsam_ros.cameras import camera_topic
     from instructsam_ros.image_conversions import array_to_image_msg
     from instructsam_ros.qos import stream_qos
     from instructsam_ros.segment_node import use_large_data_profile
@@ -79,25 +85,29 @@ def run_camera(args: argparse.Namespace) -> int:
     use_large_data_profile()
     width, height = args.size
     frame, _, _ = synthetic_scene(args.seed, height, width)
+    cameras = args.cameras or [""]
     rclpy.init()
-    node = rclpy.create_node("synthetic_camera", namespace=args.namespace)
-    publisher = node.create_publisher(Image, "image", stream_qos("best_effort", 1))
+    node = rclpy.create_node("synthetic_cameras", namespace=args.namespace)
+    publishers = [node.create_publisher(Image, camera_topic(name, "image"), stream_qos("best_effort", 1)) for name in cameras]
     sent = 0
     start = time.monotonic()
     try:
         while rclpy.ok():
             shift = int(round((time.monotonic() - start) * args.pan_px_per_s))
-            msg = array_to_image_msg(np.roll(frame, shift % width, axis=1), "rgb8")
-            msg.header.stamp = node.get_clock().now().to_msg()
-            msg.header.frame_id = "demo_camera_optical"
-            publisher.publish(msg)
+            stamp = node.get_clock().now().to_msg()
+            for k, (name, publisher) in enumerate(zip(cameras, publishers)):
+                msg = array_to_image_msg(np.roll(frame, (-1) ** k * shift % width, axis=1), "rgb8")
+                msg.header.stamp = stamp
+                msg.header.frame_id = f"demo_{name or 'camera'}_optical"
+                publisher.publish(msg)
             sent += 1
             next_time = start + sent / args.rate
             time.sleep(max(0.0, next_time - time.monotonic()))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        print(f"camera: published {sent} frames of {width}x{height} at {args.rate:g} Hz", flush=True)
+        print(f"camera: published {sent} frames of {width}x{height} at {args.rate:g} Hz on each of "
+              f"{len(cameras)} cameras", flush=True)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
@@ -139,57 +149,60 @@ def pick_model(model: str, scratch: Path) -> tuple[str, str]:
 
 
 class Recorder:
-    """Collects results and overlays (matched by stamp), prints and saves them."""
+    """Collects results and overlays per camera (matched by stamp), prints and saves them."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.lock = threading.Lock()
-        self.results: dict[int, object] = {}
-        self.overlays: dict[int, object] = {}
-        self.order: list[int] = []
+        self.results: dict[tuple[str, int], object] = {}
+        self.overlays: dict[tuple[str, int], object] = {}
+        self.index: dict[tuple[str, int], int] = {}
+        self.order: list[tuple[str, int]] = []
         self.first_result_at: float | None = None
         self.latencies: list[float] = []
-        # instruction -> [results, results with at least one instance], in the order first seen.
-        self.found: dict[str, list[int]] = {}
+        # (camera, instruction) -> [results, results with at least one instance], in the order first seen.
+        self.found: dict[tuple[str, str], list[int]] = {}
 
-    def on_result(self, msg) -> None:
-        key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    def on_result(self, camera: str, msg) -> None:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        key = (camera, stamp)
         now_ns = time.time_ns()
         with self.lock:
             self.results[key] = msg
             self.order.append(key)
-            self.latencies.append((now_ns - key) / 1e9)
+            self.index[key] = len(self.order)
+            self.latencies.append((now_ns - stamp) / 1e9)
             if self.first_result_at is None:
                 self.first_result_at = time.monotonic()
             index = len(self.order)
-            counts = self.found.setdefault(msg.instruction, [0, 0])
+            counts = self.found.setdefault((camera, msg.instruction), [0, 0])
             counts[0] += 1
             counts[1] += bool(msg.instances)
         parts = [f"#{i.id} {i.phrase} {i.score:.2f} box=({i.box.x_offset},{i.box.y_offset},{i.box.width},{i.box.height})"
                  for i in msg.instances[:6]]
         more = f" (+{len(msg.instances) - 6} more)" if len(msg.instances) > 6 else ""
-        print(f"frame {index:04d} [{msg.instruction!r} -> phrases {list(msg.phrases)}] "
+        print(f"frame {index:04d} {camera} [{msg.instruction!r} -> phrases {list(msg.phrases)}] "
               f"{len(msg.instances)} instances: {'; '.join(parts) or '-'}{more}", flush=True)
         self._save(key)
 
-    def summary(self, instructions: list[str]) -> list[str]:
-        """One line per instruction (those asked, then any other a result answered): how many of
-        its results found at least one instance."""
+    def summary(self, asked: list[tuple[str, str]]) -> list[str]:
+        """One line per (camera, instruction) (those asked, then any other a result answered):
+        how many of its results found at least one instance."""
         with self.lock:
-            found = {text: tuple(counts) for text, counts in self.found.items()}
+            found = {key: tuple(counts) for key, counts in self.found.items()}
         lines = []
-        for text in dict.fromkeys([*instructions, *found]):
-            results, hits = found.get(text, (0, 0))
-            lines.append(f"demo: {text!r}: {hits} of {results} frames found something")
+        for camera, text in dict.fromkeys([*asked, *found]):
+            results, hits = found.get((camera, text), (0, 0))
+            lines.append(f"demo: {camera} {text!r}: {hits} of {results} frames found something")
         return lines
 
-    def on_overlay(self, msg) -> None:
-        key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    def on_overlay(self, camera: str, msg) -> None:
+        key = (camera, msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
         with self.lock:
             self.overlays[key] = msg
         self._save(key)
 
-    def _save(self, key: int) -> None:
+    def _save(self, key: tuple[str, int]) -> None:
         import cv2
 
         from instructsam_ros.image_conversions import image_msg_to_array
@@ -197,10 +210,10 @@ class Recorder:
         with self.lock:
             if key not in self.results or key not in self.overlays:
                 return
-            index = self.order.index(key) + 1
+            index = self.index[key]
             overlay = self.overlays.pop(key)
         rgb = image_msg_to_array(overlay)
-        cv2.imwrite(str(self.out_dir / f"overlay_{index:04d}.png"), np.ascontiguousarray(rgb[:, :, ::-1]))
+        cv2.imwrite(str(self.out_dir / f"overlay_{key[0]}_{index:04d}.png"), np.ascontiguousarray(rgb[:, :, ::-1]))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -225,34 +238,48 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def camera_instructions(cameras: list[str], instructions: list[str]) -> list[tuple[str, str]]:
+    """(camera, instruction) pairs: camera k gets instruction k (cycling when there are fewer)."""
+    return [(camera, instructions[k % len(instructions)]) for k, camera in enumerate(cameras)]
+
+
 def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir: Path) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
+    from instructsam_ros.cameras import camera_topic
     from instructsam_ros.interfaces import InstanceSegmentation
     from instructsam_ros.qos import instruction_qos, stream_qos
 
     ns = args.namespace
+    cameras = args.cameras
+    asked = camera_instructions(cameras, instructions)
     repo_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
     node_cmd = [
         sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={ns}",
         "-p", f"model:={model}", "-p", f"device:={args.device}", "-p", f"threshold:={args.threshold}",
-        "-p", "max_frame_age:=2.0",
+        "-p", "max_frame_age:=2.0", "-p", f"cameras:=[{', '.join(cameras)}]",
     ]
     width, height = args.size
     camera_cmd = [
         sys.executable, "-m", "instructsam_ros.demo", "camera", "--namespace", ns, "--rate", str(args.rate),
-        "--size", f"{width}x{height}", "--seed", str(args.seed),
+        "--size", f"{width}x{height}", "--seed", str(args.seed), "--cameras", *cameras,
     ]
     recorder = Recorder(out_dir)
     rclpy.init()
     node = rclpy.create_node("instructsam_demo", namespace=ns)
-    instruction_pub = node.create_publisher(String, "instruction", instruction_qos())
-    node.create_subscription(InstanceSegmentation, "segmentation", recorder.on_result, stream_qos("reliable", 10))
-    node.create_subscription(Image, "overlay", recorder.on_overlay, stream_qos("reliable", 10))
+    # The first camera follows the node's instruction; every other camera gets its own.
+    instruction_pubs = [node.create_publisher(String, "instruction", instruction_qos())]
+    instruction_pubs += [node.create_publisher(String, camera_topic(camera, "instruction"), instruction_qos())
+                         for camera, _ in asked[1:]]
+    for camera in cameras:
+        node.create_subscription(InstanceSegmentation, camera_topic(camera, "segmentation"),
+                                 lambda msg, camera=camera: recorder.on_result(camera, msg), stream_qos("reliable", 10))
+        node.create_subscription(Image, camera_topic(camera, "overlay"),
+                                 lambda msg, camera=camera: recorder.on_overlay(camera, msg), stream_qos("reliable", 10))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinning = True
@@ -263,8 +290,12 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
 
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
-    print(f"demo: instructions {instructions}; {width}x{height} frames at {args.rate:g} Hz; overlays -> {out_dir}/", flush=True)
-    instruction_pub.publish(String(data=instructions[0]))
+    print(f"demo: cameras {', '.join(cameras)} on one segment node; {width}x{height} frames at {args.rate:g} Hz; "
+          f"overlays -> {out_dir}/", flush=True)
+    for k, ((camera, text), publisher) in enumerate(zip(asked, instruction_pubs)):
+        how = "follows the node's instruction" if k == 0 else f"has its own instruction (on {camera}/instruction)"
+        print(f"demo: {camera} {how}: {text!r}", flush=True)
+        publisher.publish(String(data=text))
     node_proc = start_child(node_cmd, env=env)
     camera_proc = start_child(camera_cmd, env=env)
     status = 0
@@ -276,14 +307,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
             if time.monotonic() > deadline:
                 raise UserError(f"no result within {args.startup_timeout:g} s of start-up (model loading too slow? try --startup-timeout)")
             time.sleep(0.1)
-        switch_every = args.seconds / len(instructions)
-        current = 0
         while time.monotonic() - recorder.first_result_at < args.seconds:
-            wanted = min(int((time.monotonic() - recorder.first_result_at) / switch_every), len(instructions) - 1)
-            if wanted != current:
-                current = wanted
-                print(f"demo: new instruction {instructions[current]!r}", flush=True)
-                instruction_pub.publish(String(data=instructions[current]))
             if node_proc.poll() is not None:
                 raise UserError("the segment node exited (see its output above)")
             time.sleep(0.05)
@@ -305,11 +329,20 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
         f"{len(saved)} overlay PNGs in {out_dir}/",
         flush=True,
     )
-    for line in recorder.summary(instructions):
+    for line in recorder.summary(asked):
         print(line, flush=True)
     if status == 0 and not saved:
         raise UserError("no overlay was written")
     return status
+
+
+def _camera_names(text: str) -> str:
+    from instructsam_ros.cameras import camera_name_problem
+
+    problem = camera_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=_positive, default=5.0, help="camera frames per second")
     parser.add_argument("--size", type=_size, default=(640, 480), help="camera frame size WxH")
     parser.add_argument("--seed", type=int, default=3, help="which synthetic scene")
-    parser.add_argument("--instruction", action="append", help="instruction (repeat to switch during the run)")
+    parser.add_argument("--cameras", nargs="+", type=_camera_names, default=["front", "wrist"],
+                        help="camera names, all served by one segment node")
+    parser.add_argument("--instruction", action="append",
+                        help="instruction of a camera, repeated in camera order (the first camera follows the node's "
+                             "instruction, the others have their own; fewer instructions than cameras are reused)")
     parser.add_argument("--out", default="instructsam_demo", help="directory for the overlay PNGs")
     parser.add_argument("--namespace", default=DEMO_NAMESPACE)
     parser.add_argument("--startup-timeout", type=_positive, default=300.0, help="seconds to wait for the first result")
@@ -337,10 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         camera.add_argument("--size", type=_size, default=(640, 480))
         camera.add_argument("--seed", type=int, default=3)
         camera.add_argument("--pan-px-per-s", type=float, default=12.0)
+        camera.add_argument("--cameras", nargs="*", type=_camera_names, default=[])
         return run_camera(camera.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
         print(f"instructsam-demo: error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
+    if len(set(args.cameras)) != len(args.cameras):
+        print(f"instructsam-demo: error: --cameras names a camera twice: {' '.join(args.cameras)}", file=sys.stderr)
         return 2
     try:
         return run_demo(args)

@@ -21,27 +21,30 @@ def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_streams_prints_instances_and_writes_overlays(tiny_model_dir, tmp_path):
+def test_demo_streams_two_cameras_with_their_own_instructions(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
     result = run_demo("--model", str(tiny_model_dir), "--device", "cpu", "--seconds", "2", "--rate", "4",
                       "--size", "160x120", "--out", str(out), "--namespace", "/demo_test",
                       "--instruction", "red circles", "--instruction", "blue squares")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "frame 0001 ['red circles' -> phrases ['red circles']]" in result.stdout
-    assert "new instruction 'blue squares'" in result.stdout
-    assert "camera: published" in result.stdout
-    pngs = sorted(out.glob("overlay_*.png"))
-    assert pngs and f"{len(pngs)} overlay PNGs" in result.stdout
-    image = cv2.imread(str(pngs[0]))
-    assert image is not None and image.shape == (120, 160, 3)
-    # At the end, per instruction: how many of its frames found something, as the frame lines say.
-    frames = re.findall(r"^frame \d+ \['(.*)' -> phrases .*\] (\d+) instances", result.stdout, re.M)
-    summary = re.findall(r"^demo: '(.*)': (\d+) of (\d+) frames found something$", result.stdout, re.M)
-    assert [text for text, _, _ in summary] == ["red circles", "blue squares"]
-    for text, hits, total in summary:
-        assert int(total) == sum(t == text for t, _ in frames)
-        assert int(hits) == sum(t == text and int(n) > 0 for t, n in frames)
-    assert int(summary[0][2]) > 0
+    assert "demo: front follows the node's instruction: 'red circles'" in result.stdout
+    assert "demo: wrist has its own instruction (on wrist/instruction): 'blue squares'" in result.stdout
+    assert "on each of 2 cameras" in result.stdout
+    # Each camera's results answer its own instruction, never the other's.
+    frames = re.findall(r"^frame \d+ (\w+) \['(.*)' -> phrases .*\] (\d+) instances", result.stdout, re.M)
+    assert {(camera, text) for camera, text, _ in frames} == {("front", "red circles"), ("wrist", "blue squares")}
+    for camera in ("front", "wrist"):
+        pngs = sorted(out.glob(f"overlay_{camera}_*.png"))
+        assert pngs
+        image = cv2.imread(str(pngs[0]))
+        assert image is not None and image.shape == (120, 160, 3)
+    assert f"{len(list(out.glob('overlay_*.png')))} overlay PNGs" in result.stdout
+    # At the end, per camera and instruction: how many of its frames found something, as the frame lines say.
+    summary = re.findall(r"^demo: (\w+) '(.*)': (\d+) of (\d+) frames found something$", result.stdout, re.M)
+    assert [(camera, text) for camera, text, _, _ in summary] == [("front", "red circles"), ("wrist", "blue squares")]
+    for camera, text, hits, total in summary:
+        assert int(total) == sum((c, t) == (camera, text) for c, t, _ in frames) > 0
+        assert int(hits) == sum((c, t) == (camera, text) and int(n) > 0 for c, t, n in frames)
 
 
 def test_demo_refuses_a_missing_model_in_one_line(tmp_path):
