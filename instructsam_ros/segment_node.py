@@ -15,10 +15,11 @@ Threading: an image callback only drops the frame into its camera's latest-frame
 inference worker thread takes the newest frame of every camera that has one (up to
 `max_batch`, cameras served longest ago first) and runs them in one batched model call, so
 latency is bounded by one model call whatever the camera rates and a fast camera never takes
-a slow one's place. A multi-threaded executor keeps services, parameters and lifecycle
-transitions responsive during inference. Bad input (frames, instructions, a model that fails
-to load) never stops the node: it is dropped, counted per camera, and reported in a warning
-rate-limited per camera and reason. SIGINT/SIGTERM stop the process within SHUTDOWN_BUDGET_S
+a slow one's place. The executor (executor.FramesInlineExecutor) runs frame, instruction and
+diagnostics callbacks in its spinning thread and services, parameters and lifecycle
+transitions on a thread pool, so neither a Segment call nor a model load holds up the rest.
+Bad input (frames, instructions, a model that fails to load) never stops the node: it is
+dropped, counted per camera, and reported in a warning rate-limited per camera and reason. SIGINT/SIGTERM stop the process within SHUTDOWN_BUDGET_S
 seconds, even while a model call or a model load is still running (see `main`).
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -50,6 +51,7 @@ from instructsam_core.errors import UserError
 from instructsam_ros.camera_stream import Frame, RecentMessages, CameraStream, instruction_key, subscribe_instructions  # noqa: F401
 from instructsam_ros.cameras import DEFAULT_CAMERA, camera_list, camera_parameter, split_camera_parameter
 from instructsam_ros.dds_profile import frame_limit_report, use_large_data_profile  # noqa: F401 - re-exported
+from instructsam_ros.executor import FramesInlineExecutor
 from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics, build_status
 from instructsam_ros.frame_slot import LatestSlots
 from instructsam_ros.image_conversions import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
@@ -181,11 +183,18 @@ class SegmentNode(LifecycleNode):
         self._latched_instruction_sub = instruction_subs[1]
         self._instruction_topic = instruction_subs[0].topic_name
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_group = MutuallyExclusiveCallbackGroup()
         self._diag_timer = self.create_timer(
-            float(self._settings["diagnostics_period"]), self._publish_diagnostics,
-            callback_group=MutuallyExclusiveCallbackGroup(),
+            float(self._settings["diagnostics_period"]), self._publish_diagnostics, callback_group=self._diag_group,
         )
         self._service_group = MutuallyExclusiveCallbackGroup()
+        # Image callbacks of every camera: they only drop the frame into its camera's slot.
+        self._image_group = MutuallyExclusiveCallbackGroup()
+
+    def inline_callback_groups(self) -> list:
+        """Callback groups whose callbacks never block (frames, instructions, diagnostics): the
+        executor runs them in its spinning thread (executor.FramesInlineExecutor)."""
+        return [self._image_group, self._instruction_group, self._diag_group]
 
     @staticmethod
     def _descriptor(entry) -> ParameterDescriptor:
@@ -367,8 +376,7 @@ class SegmentNode(LifecycleNode):
                 stream = CameraStream(
                     self, name, self._stream_settings, self._submit, self.stats,
                     self._camera_instruction(name) if name else None, self._on_camera_instruction,
-                    # A callback group per camera: a fast camera's callbacks do not hold up a slow one's.
-                    MutuallyExclusiveCallbackGroup(), self._instruction_group, float(self._settings["tracking_iou"]),
+                    self._image_group, self._instruction_group, float(self._settings["tracking_iou"]),
                 )
                 streams[name] = stream
                 s = self._stream_settings
@@ -696,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     node = SegmentNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    # Frame, instruction and diagnostics callbacks in the spinning thread; services, lifecycle
+    # transitions (a model load) and parameter changes on a pool (executor.py says why).
+    executor = FramesInlineExecutor(node.inline_callback_groups(), num_threads=3)
     executor.add_node(node)
     if node.get_parameter("autostart").value:
         def autostart() -> None:
