@@ -72,5 +72,5 @@ class FramesInlineExecutor(SingleThreadedExecutor):
 
     def shutdown(self, timeout_sec: float | None = None) -> bool:
         done = super().shutdown(timeout_sec)
-        self._pool.shutdown(wait=False, cancel_futures=True)  # a running model load is not awaited
+        self._pool.shutdown(wait=False)  # a running model load is not awaited
         return done
