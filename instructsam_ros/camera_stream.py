@@ -7,8 +7,11 @@ frames (`phrase_cache`) and its counters (`stats`). Nothing of one camera reache
 output: results are published only on the stream whose frame they answer, with that frame's
 header and that stream's ids.
 
-Further per-camera inputs belong here too (a depth image and its CameraInfo would be two more
-subscriptions of the stream, matched to its frames by stamp).
+With depth (parameter `depth`), the stream also owns the camera's depth input
+(`depth_input.DepthInput`: `<camera>/depth/image` or `<camera>/depth/image/compressedDepth`,
+and `<camera>/depth/camera_info`), pairs each colour frame with a depth image by stamp, runs the
+3-D step on the frame's masks in the worker thread before publishing (`Instance.location`, the
+frame's depth status) and publishes `<camera>/instance_points` while someone subscribes.
 
 The node creates streams at configure and when its camera list changes at activation, and
 destroys them at cleanup or when a camera is removed; a destroyed stream publishes nothing
@@ -24,10 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rclpy.event_handler import SubscriptionEventCallbacks
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from instructsam_ros.cameras import camera_label, camera_topic
+from instructsam_ros.depth_conversions import point_cloud_msg
+from instructsam_ros.depth_geometry import OK as LOCATED
+from instructsam_ros.depth_geometry import DepthSettings
+from instructsam_ros.depth_input import DEPTH_REJECTED, DepthInput, DepthResult, apply_depth
 from instructsam_ros.diagnostics import FrameTiming, StreamStats
 from instructsam_ros.image_conversions import array_to_image_msg
 from instructsam_ros.instance_conversions import label_image, prediction_to_msg
@@ -43,6 +50,11 @@ class Frame:
     msg: Image | CompressedImage
     arrival: float  # monotonic seconds
     stream: "CameraStream"
+    depth_held: tuple[int, Any] | None = None  # the nearest depth image when the frame arrived
+
+
+def stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class RecentMessages:
@@ -92,6 +104,7 @@ class CameraStream:
         image_group,
         instruction_group,
         tracking_iou: float,
+        warn: Callable[["CameraStream", str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.label = camera_label(name)
@@ -108,6 +121,8 @@ class CameraStream:
         self.stamp_warned = False
         self._on_instruction_text = on_instruction
         self._recent_instructions = RecentMessages()
+        # Rate-limited warnings about this camera's input (the node's, when it has them).
+        self._warn = warn if warn is not None else getattr(node, "_warn", None)
 
         in_qos = stream_qos(settings["image_qos_reliability"], int(settings["image_qos_depth"]))
         if settings["use_compressed"]:
@@ -127,11 +142,38 @@ class CameraStream:
         self._seg_pub = node.create_lifecycle_publisher(InstanceSegmentation, camera_topic(name, "segmentation"), out_qos)
         self._label_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "label_image"), out_qos)
         self._overlay_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "overlay"), out_qos)
+        self._publishers = [self._seg_pub, self._label_pub, self._overlay_pub]
+
+        # Depth: callbacks only queue messages; pairing and the 3-D step run in the worker.
+        self.depth: DepthInput | None = None
+        self.depth_topic = self.depth_info_topic = ""
+        self._points_pub = None
+        if settings["depth"]:
+            self.depth = DepthInput(queue_size=int(settings["depth_queue_size"]))
+            for stats in {id(self.stats): self.stats, id(node_stats): node_stats}.values():
+                stats.depth_enabled = True
+            if settings["use_compressed"]:
+                depth_sub = node.create_subscription(CompressedImage, camera_topic(name, "depth/image/compressedDepth"),
+                                                     self.depth.on_depth, in_qos, callback_group=image_group)
+            else:
+                depth_sub = node.create_subscription(Image, camera_topic(name, "depth/image"), self.depth.on_depth, in_qos,
+                                                     callback_group=image_group)
+            info_sub = node.create_subscription(CameraInfo, camera_topic(name, "depth/camera_info"), self.depth.on_camera_info,
+                                                stream_qos(settings["image_qos_reliability"], 1), callback_group=image_group)
+            self.depth_topic, self.depth_info_topic = depth_sub.topic_name, info_sub.topic_name
+            self._subscriptions += [depth_sub, info_sub]
+            self._points_pub = node.create_lifecycle_publisher(PointCloud2, camera_topic(name, "instance_points"), out_qos)
+            self._publishers.append(self._points_pub)
+            node.get_logger().info(f"{self.label + ': ' if name else ''}depth on {self.depth_topic} with "
+                                   f"{self.depth_info_topic}; 3-D points on {self._points_pub.topic_name}")
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.count("received")
-        self._submit(self, Frame(msg, time.monotonic(), self))
+        frame = Frame(msg, time.monotonic(), self)
+        if self.depth is not None:
+            frame.depth_held = self.depth.nearest(stamp_ns(msg.header.stamp))
+        self._submit(self, frame)
 
     def _on_instruction(self, msg: String, info: dict) -> None:
         if self._recent_instructions.first_time(instruction_key(msg, info)):
@@ -152,6 +194,11 @@ class CameraStream:
         self.stats.count(field, problem)
         if self.stats is not self._node_stats:
             self._node_stats.count(field, f"{self.label}: {problem}" if problem else None)
+
+    def record_depth(self, outcome: str, latency: float, problem: str | None = None) -> None:
+        self.stats.record_depth(outcome, latency, problem)
+        if self.stats is not self._node_stats:
+            self._node_stats.record_depth(outcome, latency, f"{self.label}: {problem}" if problem else None)
 
     def record(self, timing: FrameTiming) -> None:
         self.stats.record(timing)
@@ -174,14 +221,48 @@ class CameraStream:
                 labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1], result.boxes)
             msg = prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, 0.0,
                                     result.boxes, instruction)
+            distances = None
+            if self.depth is not None:
+                depth = self._locate(frame, rgb, result, settings)
+                apply_depth(msg, depth)
+                msg.depth_latency = depth.latency
+                if depth.locations is not None:
+                    distances = [loc.distance if loc.status == LOCATED else None for loc in depth.locations]
             msg.processing_latency = time.monotonic() - frame.arrival
             self._seg_pub.publish(msg)
+            if self.depth is not None and depth.cloud is not None:
+                self._points_pub.publish(point_cloud_msg(depth.cloud, depth.header))
             if want_label:
                 self._label_pub.publish(array_to_image_msg(labels, "mono16", header))
             if want_overlay:
-                overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes)
+                overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes, distances=distances)
                 self._overlay_pub.publish(array_to_image_msg(overlay, "rgb8", header))
             return True
+
+    def _locate(self, frame: Frame, rgb, result: SegmentResult, settings: dict[str, Any]) -> DepthResult:
+        """The 3-D step of one frame (worker thread): pair, check, locate; counted per cause."""
+        start = time.perf_counter()
+        depth = self.depth
+        depth.queue.resize_to(int(settings["depth_queue_size"]))
+        pairing = depth.pair(stamp_ns(frame.msg.header.stamp), float(settings["depth_sync_tolerance"]), frame.depth_held)
+        want_points = bool(settings["publish_instance_points"]) and self._points_pub.get_subscription_count() > 0
+        geometry = DepthSettings(float(settings["max_depth"]), int(settings["depth_min_valid_pixels"]),
+                                 float(settings["depth_inlier_band"]))
+        try:
+            outcome = depth.locate(pairing, (rgb.shape[1], rgb.shape[0]), [inst.mask for inst in result.prediction.instances],
+                                   result.boxes, result.ids, geometry, int(settings["max_input_pixels"]), want_points)
+        except Exception as error:  # noqa: BLE001 - the colour result goes out whatever the 3-D step does
+            outcome = DepthResult(DEPTH_REJECTED, "depth_malformed", f"3-D step failed: {type(error).__name__}: {error}",
+                                  header=getattr(pairing.item, "header", None))
+        outcome.latency = time.perf_counter() - start
+        problem = f"3-D missing: {outcome.problem}" if outcome.problem else None
+        self.record_depth(outcome.outcome, outcome.latency, problem)
+        if self._warn is not None:
+            if problem:
+                self._warn(self, f"depth_{outcome.outcome}", problem)
+            for note in outcome.warnings:
+                self._warn(self, "depth_note", note)
+        return outcome
 
     # ------------------------------------------------------------------ end
     @property
@@ -196,5 +277,7 @@ class CameraStream:
             for sub in self._subscriptions:
                 node.destroy_subscription(sub)
             self._subscriptions = []
-            for pub in (self._seg_pub, self._label_pub, self._overlay_pub):
+            if self.depth is not None:
+                self.depth.clear()
+            for pub in self._publishers:
                 node.destroy_lifecycle_publisher(pub) if hasattr(node, "destroy_lifecycle_publisher") else node.destroy_publisher(pub)

@@ -67,6 +67,7 @@ class DepthResult:
     locations: list[InstanceLocation] | None = None
     cloud: np.ndarray | None = None  # depth_geometry.POINT_DTYPE points, when asked for
     warnings: list[str] = field(default_factory=list)  # one-time notes for the log
+    latency: float = 0.0  # seconds the whole 3-D step took (set by the caller)
 
 
 class DepthInput:
@@ -91,8 +92,12 @@ class DepthInput:
         self.queue.clear()
 
     # -------------------------------------------------------------- worker
-    def pair(self, stamp_ns: int, tolerance_s: float) -> Pairing:
-        return self.queue.match(stamp_ns, tolerance_s)
+    def nearest(self, stamp_ns: int):
+        """The queued depth image nearest to a colour frame arriving now (held until its 3-D step)."""
+        return self.queue.nearest(stamp_ns)
+
+    def pair(self, stamp_ns: int, tolerance_s: float, held=None) -> Pairing:
+        return self.queue.match(stamp_ns, tolerance_s, held)
 
     def _intrinsics(self) -> Intrinsics:
         info = self._camera_info

@@ -3,8 +3,10 @@
 The colour stream never waits for depth: a colour frame is segmented whatever happens to its
 depth, and the 3-D step uses the depth image whose stamp is nearest to the colour frame's, if
 one lies within the tolerance. The node looks for that partner twice: when the colour frame
-arrives (a depth image published just before it) and again once the model has finished (a
-depth image that arrived while the model ran), keeping the nearer one (`better`).
+arrives it holds on to the nearest depth image queued then (`nearest`; a depth image published
+just before the colour frame, which a long model call could push out of the queue), and once
+the model has finished it matches against the queue plus that held one (`match(held=...)`),
+which also sees a depth image that arrived while the model ran.
 
 When there is no partner, the reason is named (these are the per-cause counts in /diagnostics):
   no_depth         nothing arrived on the depth topic within `silence_s`: depth is missing
@@ -47,18 +49,6 @@ class Pairing:
         return self.outcome == PAIRED
 
 
-def better(first: Pairing | None, second: Pairing) -> Pairing:
-    """The nearer of two pairings of one colour frame (a partner beats no partner; without
-    one, the later verdict, made with more depth images seen, wins)."""
-    if first is None:
-        return second
-    if first.paired and second.paired:
-        return first if abs(first.offset_s) <= abs(second.offset_s) else second
-    if first.paired:
-        return first
-    return second
-
-
 class DepthQueue:
     """The last `size` depth messages by stamp; thread-safe (callbacks add, the worker matches)."""
 
@@ -71,9 +61,12 @@ class DepthQueue:
         self._last_arrival: float | None = None
         self.silence_s = silence_s
 
-    def resize(self, size: int) -> None:
+    def resize_to(self, size: int) -> None:
+        """Keep at most `size` depth images from now on (the newest, when shrinking)."""
+        size = max(1, int(size))
         with self._lock:
-            self._items = deque(self._items, maxlen=max(1, int(size)))
+            if self._items.maxlen != size:
+                self._items = deque(self._items, maxlen=size)
 
     def add(self, stamp_ns: int, item: Any) -> None:
         with self._lock:
@@ -89,11 +82,21 @@ class DepthQueue:
         with self._lock:
             return len(self._items)
 
-    def match(self, stamp_ns: int, tolerance_s: float) -> Pairing:
-        """The depth message stamped nearest to `stamp_ns` within `tolerance_s`, or why none is."""
+    def nearest(self, stamp_ns: int) -> tuple[int, Any] | None:
+        """(stamp, message) of the queued depth image stamped nearest to `stamp_ns`, if any."""
+        with self._lock:
+            if not self._items:
+                return None
+            return min(self._items, key=lambda entry: abs(entry[0] - stamp_ns))
+
+    def match(self, stamp_ns: int, tolerance_s: float, held: tuple[int, Any] | None = None) -> Pairing:
+        """The depth message stamped nearest to `stamp_ns` within `tolerance_s`, or why none is;
+        `held` is a (stamp, message) kept from an earlier look (`nearest`), a candidate too."""
         with self._lock:
             items = list(self._items)
             last_arrival = self._last_arrival
+        if held is not None and all(entry[1] is not held[1] for entry in items):
+            items.append(held)
         tolerance_ns = int(round(tolerance_s * 1e9))
         if not items or last_arrival is None:
             return Pairing(NO_DEPTH, problem="no depth image received on the depth topic")

@@ -5,6 +5,8 @@ instruction, do frames arrive, are they dropped (replaced by a newer frame, too 
 malformed), how long the model takes, how old frames are when processed, and how much device
 memory the model holds. A node of several cameras publishes one status for the node (all
 cameras together, batch sizes, memory) and one per camera (its instruction, counters, latency).
+With depth input, every status also counts each colour frame's 3-D outcome by cause
+(`3d_paired`, `3d_no_depth`, `3d_depth_late`, ...: depth_input.OUTCOMES) and times the 3-D step.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from instructsam_ros.depth_input import OUTCOMES as DEPTH_OUTCOMES
 
 OK = DiagnosticStatus.OK
 WARN = DiagnosticStatus.WARN
@@ -48,6 +52,10 @@ class StreamStats:
         self.batches = 0
         self.batched_frames = 0
         self.largest_batch = 0
+        # 3-D from depth: one outcome per colour frame (depth_input.OUTCOMES) and the step's time.
+        self.depth_enabled = False
+        self.depth_outcomes: dict[str, int] = dict.fromkeys(DEPTH_OUTCOMES, 0)
+        self._depth_latencies: deque[float] = deque(maxlen=window)
 
     def count(self, field: str, problem: str | None = None) -> None:
         with self._lock:
@@ -59,6 +67,26 @@ class StreamStats:
         with self._lock:
             self.processed += 1
             self._timings.append(timing)
+
+    def record_depth(self, outcome: str, latency: float, problem: str | None = None) -> None:
+        """One colour frame's 3-D outcome and the seconds its 3-D step took."""
+        with self._lock:
+            self.depth_outcomes[outcome] = self.depth_outcomes.get(outcome, 0) + 1
+            self._depth_latencies.append(latency)
+            if problem:
+                self.last_problem = problem
+
+    def depth_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.depth_outcomes)
+
+    def depth_latency(self) -> tuple[float, float]:
+        """(median, p95) seconds of the 3-D step over the window (zeros before any frame)."""
+        with self._lock:
+            values = np.array(self._depth_latencies, dtype=np.float64)
+        if not values.size:
+            return 0.0, 0.0
+        return float(np.median(values)), float(np.percentile(values, 95))
 
     def record_batch(self, size: int) -> None:
         with self._lock:
@@ -136,6 +164,12 @@ def build_status(
         "model_latency_median_ms": f"{summary['model_latency_median'] * 1e3:.1f}",
         "frame_age_median_ms": f"{summary['frame_age_median'] * 1e3:.1f}",
     }
+    if stats.depth_enabled:
+        for outcome, count in stats.depth_counts().items():
+            values[f"3d_{outcome}"] = str(count)
+        median, p95 = stats.depth_latency()
+        values["depth_step_median_ms"] = f"{median * 1e3:.2f}"
+        values["depth_step_p95_ms"] = f"{p95 * 1e3:.2f}"
     if batches:
         values["model_calls"] = str(stats.batches)
         values["frames_per_call_mean"] = f"{stats.batched_frames / stats.batches:.2f}" if stats.batches else "0.00"

@@ -114,6 +114,22 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_label_image", True, "publish label_image (mono16) while someone subscribes", LIVE),
     ParameterSpec("publish_overlay", True, "publish overlay (rgb8) while someone subscribes", LIVE),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", CONFIGURE, _in_range(0.05, 3600.0)),
+    # 3-D from an aligned depth image (per camera: depth/image and depth/camera_info).
+    ParameterSpec("depth", False, "subscribe to each camera's aligned depth image (depth/image, 16UC1 mm or 32FC1 m; "
+                  "depth/image/compressedDepth with use_compressed) and depth/camera_info, and give every instance a 3-D "
+                  "location; false: no depth topics, the node behaves as without depth", CONFIGURE),
+    ParameterSpec("depth_sync_tolerance", 0.02, "seconds; a colour frame pairs with the depth image stamped nearest to it "
+                  "within this, else its 3-D part is reported missing", LIVE, _in_range(0.0, 10.0)),
+    ParameterSpec("depth_queue_size", 10, "depth images kept per camera for pairing (cover the model's time at the depth "
+                  "rate)", LIVE, _in_range(1, 100)),
+    ParameterSpec("max_depth", 10.0, "metres; depth readings beyond this are invalid (as are 0, NaN, inf)", LIVE,
+                  _in_range(0.0, 1000.0, low_open=True)),
+    ParameterSpec("depth_min_valid_pixels", 20, "fewer valid depth readings under a mask: its location is flagged "
+                  "TOO_FEW_VALID and not reported", LIVE, _in_range(1, 1 << 24)),
+    ParameterSpec("depth_inlier_band", 0.05, "metres; the outlier rule keeps depths within max(3 x 1.4826 x MAD, this) "
+                  "of the mask's median depth", LIVE, _in_range(0.0, 100.0)),
+    ParameterSpec("publish_instance_points", True, "publish instance_points (PointCloud2 of every located instance's "
+                  "points, field instance_id) while someone subscribes", LIVE),
 )
 PARAMETER_NAMES = frozenset(spec.name for spec in PARAMETERS)
 

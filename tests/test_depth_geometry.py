@@ -28,8 +28,6 @@ from instructsam_ros.depth_pairing import (
     NO_DEPTH,
     PAIRED,
     DepthQueue,
-    Pairing,
-    better,
 )
 from instructsam_ros.synthetic_depth import Plate, pinhole, render, tabletop_scene, to_16uc1, with_holes
 
@@ -302,12 +300,21 @@ def test_pairing_names_why_there_is_no_partner():
     assert silent.outcome == NO_DEPTH and "1.5 s" in silent.problem
 
 
-def test_the_nearer_of_two_pairings_wins():
-    near, far = Pairing(PAIRED, "a", 0.002), Pairing(PAIRED, "b", -0.010)
-    late = Pairing(DEPTH_LATE, problem="late")
-    assert better(None, far) is far and better(far, near) is near and better(near, far) is near
-    assert better(near, late) is near and better(late, far) is far
-    assert better(Pairing(NO_DEPTH), late) is late
+def test_a_held_partner_pushed_out_of_the_queue_still_pairs():
+    clock = FakeClock()
+    queue = DepthQueue(size=2, clock=clock)
+    queue.add(1000 * MS, "partner")
+    held = queue.nearest(1002 * MS)
+    assert held == (1000 * MS, "partner")
+    for stamp in (1033, 1066):  # the model runs; newer depth images push the partner out
+        queue.add(stamp * MS, stamp)
+    assert queue.match(1002 * MS, 0.01).outcome == DEPTH_EARLY
+    pairing = queue.match(1002 * MS, 0.01, held=held)
+    assert pairing.paired and pairing.item == "partner" and pairing.offset_s == pytest.approx(-0.002)
+    # A nearer depth image that arrived meanwhile wins over the held one.
+    queue.add(1003 * MS, "nearer")
+    assert queue.match(1002 * MS, 0.01, held=held).item == "nearer"
+    assert DepthQueue(clock=clock).nearest(5) is None
 
 
 def test_tilted_plate_box_is_its_closed_form():

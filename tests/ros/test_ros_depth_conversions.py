@@ -230,3 +230,33 @@ def test_overlay_label_carries_the_distance_only_when_located():
     row = 20
     filled = lambda image: np.flatnonzero((image[row] != 255).any(axis=1))
     assert filled(located).max() > filled(plain).max() + 20
+
+
+def test_diagnostics_count_3d_outcomes_per_cause_only_with_depth():
+    from instructsam_ros.depth_input import OUTCOMES
+    from instructsam_ros.diagnostics import StreamStats, build_status
+
+    stats = StreamStats()
+    assert not any(kv.key.startswith("3d_") for kv in build_status("n", "h", 0, "m", stats, {}).values)
+    stats.depth_enabled = True
+    stats.record_depth("paired", 0.002)
+    stats.record_depth("paired", 0.004)
+    stats.record_depth("depth_late", 0.0001, "3-D missing: depth late")
+    values = {kv.key: kv.value for kv in build_status("n", "h", 0, "m", stats, {}).values}
+    assert {f"3d_{o}" for o in OUTCOMES} <= set(values)
+    assert (values["3d_paired"], values["3d_depth_late"], values["3d_no_depth"]) == ("2", "1", "0")
+    assert values["depth_step_median_ms"] == "2.00" and values["last_problem"] == "3-D missing: depth late"
+
+
+def test_depth_queue_size_changes_keep_the_newest():
+    from instructsam_ros.depth_pairing import DepthQueue
+
+    queue = DepthQueue(size=4)
+    for stamp in range(4):
+        queue.add(stamp, stamp)
+    queue.resize_to(2)
+    assert len(queue) == 2 and queue.nearest(0) == (2, 2)
+    queue.resize_to(5)
+    for stamp in range(10, 13):
+        queue.add(stamp, stamp)
+    assert len(queue) == 5

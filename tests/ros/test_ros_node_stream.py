@@ -74,6 +74,18 @@ def test_results_carry_the_input_header_and_the_instruction(probe):
         assert (image.encoding, image.height, image.width) == (encoding, 96, 160)
 
 
+
+def test_without_the_depth_parameter_there_is_no_depth_input_and_no_3d(probe, harness):
+    """depth is false by default: no depth topics, no point cloud, every result DEPTH_DISABLED."""
+    result = probe.wait_instruction("red circle", test_scene(48, 64))
+    assert result.depth_status == result.DEPTH_DISABLED and result.depth_latency == 0.0
+    assert all(inst.location.status == inst.location.NO_DEPTH for inst in result.instances)
+    graph = harness.node
+    for topic in ("depth/image", "depth/camera_info", "depth/image/compressedDepth"):
+        assert graph.count_subscribers(f"{NS}/{topic}") == 0, topic
+    assert graph.count_publishers(f"{NS}/instance_points") == 0
+    assert not any(key.startswith("3d_") for key in probe.latest_diagnostics())
+
 def _encode(rgb: np.ndarray, encoding: str, probe: Probe) -> Image:
     if encoding == "rgb8":
         return probe.frame(rgb, "rgb8")

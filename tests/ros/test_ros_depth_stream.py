@@ -1,0 +1,291 @@
+"""3-D instances over real DDS: segment_node (embedded default model) with depth input, fed a
+synthetic RGB-D scene of known geometry, in its own process (one node for the module).
+
+The scene: two flat squares facing the camera, 10 cm at 0.60 m and 12 cm at 0.75 m, before a
+wall at 1.5 m, seen by a 640x480 camera with a 40 degree horizontal field of view. The model
+finds both as "squares"; its masks are coarse (a few pixels off at the edges, IoU ~0.8), and
+the 3-D estimates must still land within 1 cm (centre) and 2 cm (size) of the truth. Every way
+depth can fail (missing, late, early, wrong encoding, another aspect ratio, all-zero K) must
+leave the colour result intact, report the cause in the result and in /diagnostics, and invent
+no position.
+"""
+from __future__ import annotations
+
+import array
+import time
+
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from instructsam_ros.depth_conversions import cloud_msg_to_array
+from instructsam_ros.image_conversions import array_to_image_msg
+from instructsam_ros.instance_conversions import msg_to_mask
+from instructsam_ros.synthetic_depth import Plate, pinhole, render, to_16uc1, with_holes
+from rosprobe import Probe, stamp_ns, unique_stamp, wait_for
+
+NS = "/depth_test"
+K = pinhole(640, 480, 40.0)
+PLATES = [Plate((-0.12, 0.0, 0.60), (0.10, 0.10), (220, 40, 40)), Plate((0.09, 0.0, 0.75), (0.12, 0.12), (40, 160, 60))]
+FRAME = render(PLATES, K, wall_depth=1.5)
+HALF_K = pinhole(320, 240, 40.0)  # the same camera at half resolution
+HALF = render(PLATES, HALF_K, wall_depth=1.5)
+CENTRE_TOLERANCE = 0.01
+SIZE_TOLERANCE = 0.02
+RELIABLE_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope="module")
+def node(start_node):
+    process = start_node(NS, {
+        "model": "default", "device": "cpu", "threshold": 0.3, "max_frame_age": 5.0, "diagnostics_period": 0.2,
+        "warmup": False, "depth": True, "depth_sync_tolerance": 0.01, "depth_queue_size": 1,
+    })
+    yield process
+    alive = process.alive()
+    process.stop()
+    assert alive, "the node died during the module:\n" + process.log()[-4000:]
+
+
+class DepthProbe:
+    """The colour probe plus depth, CameraInfo and point-cloud topics of the node."""
+
+    def __init__(self, harness, probe: Probe) -> None:
+        node = harness.node
+        self.harness, self.probe = harness, probe
+        self.depth_pub = node.create_publisher(Image, f"{NS}/depth/image", RELIABLE_1)
+        self.info_pub = node.create_publisher(CameraInfo, f"{NS}/depth/camera_info", RELIABLE_1)
+        self.clouds: list[PointCloud2] = []
+        self.cloud_sub = node.create_subscription(PointCloud2, f"{NS}/instance_points", self.clouds.append, 10)
+        self.info = camera_info(K)
+
+    def close(self) -> None:
+        node = self.harness.node
+        node.destroy_publisher(self.depth_pub)
+        node.destroy_publisher(self.info_pub)
+        node.destroy_subscription(self.cloud_sub)
+
+    def send(self, depth: Image | None, stamp_offset_s: float = 0.0, timeout: float = 60.0):
+        """Publish CameraInfo, the depth image (stamped `stamp_offset_s` from the colour frame)
+        and the colour frame, again every 2 s until the colour frame's result arrives."""
+        colour = self.probe.frame(FRAME.rgb, frame_id="colour_optical")
+        if depth is not None:
+            ns = stamp_ns(colour.header.stamp) + int(round(stamp_offset_s * 1e9))
+            depth.header.stamp.sec, depth.header.stamp.nanosec = ns // 10**9, ns % 10**9
+            depth.header.frame_id = "depth_optical"
+        deadline = time.monotonic() + timeout
+        while True:
+            self.info.header.stamp = colour.header.stamp
+            self.info_pub.publish(self.info)
+            if depth is not None:
+                self.depth_pub.publish(depth)
+            time.sleep(0.02)
+            self.probe.image_pub.publish(colour)
+            try:
+                return wait_for(lambda: self.probe.result_for(colour.header.stamp), 2.0, "")
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("no result for the colour frame") from None
+
+
+def camera_info(k) -> CameraInfo:
+    msg = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
+    msg.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+    msg.header.frame_id = "depth_optical"
+    return msg
+
+
+def depth_image(pixels: np.ndarray, encoding: str) -> Image:
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, is_bigendian=0,
+                step=pixels.shape[1] * pixels.dtype.itemsize)
+    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
+    return msg
+
+
+@pytest.fixture(scope="module")
+def depth(node, harness):
+    probe = Probe(harness, NS)
+    probe.instruct("squares")
+    probe.wait_connected(timeout=120)
+    d = DepthProbe(harness, probe)
+    wait_for(lambda: d.depth_pub.get_subscription_count() > 0 and d.info_pub.get_subscription_count() > 0, 30,
+             "the node subscribing to depth/image and depth/camera_info")
+    yield d
+    d.close()
+    probe.close()
+
+
+def plate_of(instance, height: int = 480, width: int = 640) -> int | None:
+    """The plate an instance's mask covers most (IoU > 0.5), else None."""
+    mask = msg_to_mask(instance, height, width)
+    ious = [(mask & truth).sum() / (mask | truth).sum() for truth in FRAME.masks]
+    best = int(np.argmax(ious))
+    return best if ious[best] > 0.5 else None
+
+
+def assert_located(result) -> dict[int, tuple[float, float]]:
+    """Both plates found and located within tolerance; returns the errors per plate (metres)."""
+    assert result.depth_status == result.DEPTH_OK, result.depth_problem
+    assert result.depth_header.frame_id == "depth_optical"
+    errors = {}
+    for instance in result.instances:
+        plate = plate_of(instance)
+        if plate is None or plate in errors:
+            continue
+        location = instance.location
+        assert location.status == location.OK
+        center, size = PLATES[plate].box()
+        got_center = (location.center.x, location.center.y, location.center.z)
+        got_size = (location.box_size.x, location.box_size.y, location.box_size.z)
+        center_error = float(np.max(np.abs(np.subtract(got_center, center))))
+        size_error = float(np.max(np.abs(np.subtract(got_size, size))))
+        assert center_error <= CENTRE_TOLERANCE, (plate, got_center, center)
+        assert size_error <= SIZE_TOLERANCE, (plate, got_size, size)
+        assert 0 < location.inlier_pixels <= location.valid_pixels <= location.mask_pixels
+        errors[plate] = (center_error, size_error)
+    assert sorted(errors) == [0, 1], f"plates found: {sorted(errors)}"
+    return errors
+
+
+def assert_nothing_invented(result) -> None:
+    for instance in result.instances:
+        location = instance.location
+        assert location.status == location.NO_DEPTH
+        assert (location.center.x, location.center.y, location.center.z, location.box_size.x) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_without_depth_frames_are_segmented_and_3d_is_reported_missing(depth):
+    before = depth.probe.counter("3d_no_depth")
+    result = depth.send(None)
+    assert result.instances and result.depth_status == result.DEPTH_MISSING
+    assert "no depth image" in result.depth_problem
+    assert_nothing_invented(result)
+    wait_for(lambda: int(depth.probe.latest_diagnostics()["3d_no_depth"]) > before, 20, "3d_no_depth to count the frame")
+
+
+def test_16uc1_with_holes_locates_each_square(depth):
+    depth.clouds.clear()
+    millimetres = to_16uc1(with_holes(FRAME.depth, 0.1, seed=1))  # 10 % zeros
+    result = depth.send(depth_image(millimetres, "16UC1"))
+    assert_located(result)
+    assert stamp_ns(result.depth_header.stamp) == stamp_ns(result.header.stamp)
+    # The cloud of this frame: the depth image's header, every located instance's inliers.
+    cloud_msg = wait_for(lambda: next((c for c in depth.clouds if stamp_ns(c.header.stamp) == stamp_ns(result.header.stamp)),
+                                      None), 20, "instance_points")
+    assert cloud_msg.header.frame_id == "depth_optical"
+    cloud = cloud_msg_to_array(cloud_msg)
+    counts = {int(i): int(n) for i, n in zip(*np.unique(cloud["instance_id"], return_counts=True))}
+    assert counts == {inst.id: inst.location.inlier_pixels for inst in result.instances
+                      if inst.location.status == inst.location.OK}
+    assert np.isfinite(cloud["z"]).all() and (cloud["z"] > 0.5).all() and (cloud["z"] < 0.8).all()
+
+
+def test_32fc1_with_nan_and_inf_locates_each_square(depth):
+    metres = with_holes(with_holes(FRAME.depth, 0.05, seed=2, invalid=np.nan), 0.05, seed=3, invalid=np.inf)
+    result = depth.send(depth_image(metres, "32FC1"))
+    assert_located(result)
+    for instance in result.instances:
+        if instance.location.status == instance.location.OK:
+            assert instance.location.valid_pixels < 0.95 * instance.location.mask_pixels
+
+
+def test_half_resolution_depth_is_used_through_its_own_camera_info(depth):
+    depth.info = camera_info(HALF_K)
+    try:
+        result = depth.send(depth_image(HALF.depth, "32FC1"))
+    finally:
+        depth.info = camera_info(K)
+    assert_located(result)
+    # Masks of the 640x480 frame sampled onto the 320x240 depth grid: a quarter of the pixels.
+    for instance in result.instances:
+        if instance.location.status == instance.location.OK:
+            assert instance.location.mask_pixels == pytest.approx(instance.area / 4, rel=0.1)
+
+
+@pytest.mark.parametrize("offset_s, cause, words", [(-0.3, "depth_late", "older"), (0.3, "depth_early", "newer")])
+def test_depth_stamped_outside_the_tolerance_is_not_paired(depth, offset_s, cause, words):
+    before = depth.probe.counter(f"3d_{cause}")
+    result = depth.send(depth_image(to_16uc1(FRAME.depth), "16UC1"), stamp_offset_s=offset_s)
+    assert result.instances and result.depth_status == result.DEPTH_MISSING and words in result.depth_problem
+    assert_nothing_invented(result)
+    wait_for(lambda: int(depth.probe.latest_diagnostics()[f"3d_{cause}"]) > before, 20, f"3d_{cause} to count the frame")
+
+
+def test_unusable_depth_is_rejected_per_cause_and_the_node_recovers(depth):
+    good = depth_image(to_16uc1(FRAME.depth), "16UC1")
+    cases = [
+        ("depth_encoding", depth_image(FRAME.rgb, "rgb8"), None, "not a depth encoding"),
+        ("resolution_mismatch", depth_image(to_16uc1(FRAME.depth[:360]), "16UC1"), None, "aspect"),
+        ("camera_info_malformed", good, [0.0] * 9, "all zeros"),
+    ]
+    for cause, image, k, words in cases:
+        before = depth.probe.counter(f"3d_{cause}")
+        if k is not None:
+            depth.info.k = k
+        try:
+            result = depth.send(image)
+        finally:
+            depth.info = camera_info(K)
+        assert result.instances and result.depth_status == result.DEPTH_REJECTED, cause
+        assert words in result.depth_problem, result.depth_problem
+        assert_nothing_invented(result)
+        wait_for(lambda: int(depth.probe.latest_diagnostics()[f"3d_{cause}"]) > before, 20, f"3d_{cause} to count")
+    assert_located(depth.send(depth_image(to_16uc1(FRAME.depth), "16UC1")))
+
+
+def test_compressed_input_takes_compressed_depth(start_node, harness, tiny_model_dir):
+    """use_compressed:=true with depth: JPEG colour on image/compressed, compressedDepth png on
+    depth/image/compressedDepth (tiny model: any masks; every one is located from real readings)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from instructsam_ros.depth_conversions import encode_compressed_depth
+
+    ns = "/depth_compressed_test"
+    process = start_node(ns, {"model": str(tiny_model_dir), "device": "cpu", "threshold": 0.0, "max_frame_age": 5.0,
+                              "warmup": False, "use_compressed": True, "depth": True, "depth_min_valid_pixels": 1})
+    probe = Probe(harness, ns)
+    node = harness.node
+    colour_pub = node.create_publisher(CompressedImage, f"{ns}/image/compressed", RELIABLE_1)
+    depth_pub = node.create_publisher(CompressedImage, f"{ns}/depth/image/compressedDepth", RELIABLE_1)
+    info_pub = node.create_publisher(CameraInfo, f"{ns}/depth/camera_info", RELIABLE_1)
+    try:
+        probe.instruct("red circles")
+        wait_for(lambda: min(p.get_subscription_count() for p in (colour_pub, depth_pub, info_pub)) > 0, 120,
+                 "the node subscribing to image/compressed, depth/image/compressedDepth and depth/camera_info")
+        small_k = pinhole(160, 120, 40.0)
+        small = render(PLATES, small_k, wall_depth=1.5)
+        colour = CompressedImage(format="jpeg")
+        colour.data = array.array("B", cv2.imencode(".jpg", small.rgb[:, :, ::-1])[1].tobytes())
+        fmt, data = encode_compressed_depth(to_16uc1(small.depth), "16UC1")
+        depth_msg = CompressedImage(format=fmt)
+        depth_msg.data = array.array("B", data)
+        deadline = time.monotonic() + 120
+        result = None
+        while result is None and time.monotonic() < deadline:
+            stamp = unique_stamp()
+            colour.header.stamp = depth_msg.header.stamp = stamp
+            depth_msg.header.frame_id = "depth_optical"
+            info_pub.publish(camera_info(small_k))
+            depth_pub.publish(depth_msg)
+            time.sleep(0.02)
+            colour_pub.publish(colour)
+            try:
+                result = wait_for(lambda: probe.result_for(stamp), 2.0, "")
+            except AssertionError:
+                pass
+        assert result is not None, "no result for the compressed frame:\n" + process.log()[-3000:]
+        assert result.depth_status == result.DEPTH_OK and result.depth_header.frame_id == "depth_optical"
+        assert result.instances and result.depth_latency > 0
+        for instance in result.instances:
+            location = instance.location
+            assert location.mask_pixels == instance.area  # same grid: every mask pixel has a reading
+            assert location.status == location.OK and 0.5 < location.center.z < 1.6
+    finally:
+        for publisher in (colour_pub, depth_pub, info_pub):
+            node.destroy_publisher(publisher)
+        probe.close()
+        alive = process.alive()
+        process.stop()
+    assert alive, process.log()[-3000:]
