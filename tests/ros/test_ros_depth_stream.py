@@ -7,7 +7,9 @@ finds both as "squares"; its masks are coarse (a few pixels off at the edges, Io
 the 3-D estimates must still land within 1 cm (centre) and 2 cm (size) of the truth. Every way
 depth can fail (missing, late, early, wrong encoding, another aspect ratio, all-zero K) must
 leave the colour result intact, report the cause in the result and in /diagnostics, and invent
-no position.
+no position. The node keeps one depth image in its queue (depth_queue_size 1), so a depth image
+stamped ahead of the colour frame is classified as early rather than unmatched. A second node
+(tiny model, two cameras, compressed input) checks per-camera compressed depth.
 """
 from __future__ import annotations
 
@@ -234,26 +236,33 @@ def test_unusable_depth_is_rejected_per_cause_and_the_node_recovers(depth):
     assert_located(depth.send(depth_image(to_16uc1(FRAME.depth), "16UC1")))
 
 
-def test_compressed_input_takes_compressed_depth(start_node, harness, tiny_model_dir):
-    """use_compressed:=true with depth: JPEG colour on image/compressed, compressedDepth png on
-    depth/image/compressedDepth (tiny model: any masks; every one is located from real readings)."""
+def test_each_camera_pairs_its_own_compressed_depth(start_node, harness, tiny_model_dir):
+    """Two cameras of one node with use_compressed:=true: `left` gets JPEG colour on
+    left/image/compressed and compressedDepth png on left/depth/image/compressedDepth, `right`
+    colour only. Left's instances are located from real readings (tiny model: any masks);
+    right's 3-D is missing, counted in right's own /diagnostics status, not left's."""
     import cv2
     from sensor_msgs.msg import CompressedImage
 
     from instructsam_ros.depth_conversions import encode_compressed_depth
 
-    ns = "/depth_compressed_test"
+    ns = "/depth_cameras_test"
     process = start_node(ns, {"model": str(tiny_model_dir), "device": "cpu", "threshold": 0.0, "max_frame_age": 5.0,
-                              "warmup": False, "use_compressed": True, "depth": True, "depth_min_valid_pixels": 1})
-    probe = Probe(harness, ns)
+                              "warmup": False, "use_compressed": True, "depth": True, "depth_min_valid_pixels": 1,
+                              "cameras": ["left", "right"], "diagnostics_period": 0.2})
+    probes = {name: Probe(harness, ns, camera=name) for name in ("left", "right")}
     node = harness.node
-    colour_pub = node.create_publisher(CompressedImage, f"{ns}/image/compressed", RELIABLE_1)
-    depth_pub = node.create_publisher(CompressedImage, f"{ns}/depth/image/compressedDepth", RELIABLE_1)
-    info_pub = node.create_publisher(CameraInfo, f"{ns}/depth/camera_info", RELIABLE_1)
+    colour_pubs = {name: node.create_publisher(CompressedImage, f"{ns}/{name}/image/compressed", RELIABLE_1)
+                   for name in probes}
+    depth_pub = node.create_publisher(CompressedImage, f"{ns}/left/depth/image/compressedDepth", RELIABLE_1)
+    info_pub = node.create_publisher(CameraInfo, f"{ns}/left/depth/camera_info", RELIABLE_1)
     try:
-        probe.instruct("red circles")
-        wait_for(lambda: min(p.get_subscription_count() for p in (colour_pub, depth_pub, info_pub)) > 0, 120,
-                 "the node subscribing to image/compressed, depth/image/compressedDepth and depth/camera_info")
+        for probe in probes.values():
+            probe.instruct("red circles")
+        publishers = [*colour_pubs.values(), depth_pub, info_pub]
+        wait_for(lambda: min(p.get_subscription_count() for p in publishers) > 0, 120,
+                 "the node subscribing to each camera's image/compressed and left's depth topics")
+        assert node.count_subscribers(f"{ns}/right/depth/image/compressedDepth") == 1
         small_k = pinhole(160, 120, 40.0)
         small = render(PLATES, small_k, wall_depth=1.5)
         colour = CompressedImage(format="jpeg")
@@ -261,31 +270,40 @@ def test_compressed_input_takes_compressed_depth(start_node, harness, tiny_model
         fmt, data = encode_compressed_depth(to_16uc1(small.depth), "16UC1")
         depth_msg = CompressedImage(format=fmt)
         depth_msg.data = array.array("B", data)
+        depth_msg.header.frame_id = "left_depth_optical"
+        results = {}
         deadline = time.monotonic() + 120
-        result = None
-        while result is None and time.monotonic() < deadline:
+        while len(results) < 2 and time.monotonic() < deadline:
             stamp = unique_stamp()
             colour.header.stamp = depth_msg.header.stamp = stamp
-            depth_msg.header.frame_id = "depth_optical"
             info_pub.publish(camera_info(small_k))
             depth_pub.publish(depth_msg)
             time.sleep(0.02)
-            colour_pub.publish(colour)
-            try:
-                result = wait_for(lambda: probe.result_for(stamp), 2.0, "")
-            except AssertionError:
-                pass
-        assert result is not None, "no result for the compressed frame:\n" + process.log()[-3000:]
-        assert result.depth_status == result.DEPTH_OK and result.depth_header.frame_id == "depth_optical"
-        assert result.instances and result.depth_latency > 0
-        for instance in result.instances:
+            for name, publisher in colour_pubs.items():
+                if name not in results:
+                    publisher.publish(colour)
+            time.sleep(1.0)
+            for name, probe in probes.items():
+                if name not in results and probe.result_for(stamp) is not None:
+                    results[name] = probe.result_for(stamp)
+        assert len(results) == 2, "no result for both cameras:\n" + process.log()[-3000:]
+        left, right = results["left"], results["right"]
+        assert left.depth_status == left.DEPTH_OK and left.depth_header.frame_id == "left_depth_optical"
+        assert left.instances and left.depth_latency > 0
+        for instance in left.instances:
             location = instance.location
             assert location.mask_pixels == instance.area  # same grid: every mask pixel has a reading
             assert location.status == location.OK and 0.5 < location.center.z < 1.6
+        assert right.instances and right.depth_status == right.DEPTH_MISSING
+        assert_nothing_invented(right)
+        wait_for(lambda: int(probes["right"].latest_diagnostics()["3d_no_depth"]) > 0, 20, "right's 3d_no_depth")
+        left_values = probes["left"].latest_diagnostics()
+        assert int(left_values["3d_paired"]) > 0 and left_values["3d_no_depth"] == "0"
     finally:
-        for publisher in (colour_pub, depth_pub, info_pub):
+        for publisher in (*colour_pubs.values(), depth_pub, info_pub):
             node.destroy_publisher(publisher)
-        probe.close()
+        for probe in probes.values():
+            probe.close()
         alive = process.alive()
         process.stop()
     assert alive, process.log()[-3000:]
