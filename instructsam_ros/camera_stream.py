@@ -121,8 +121,7 @@ class CameraStream:
         self.stamp_warned = False
         self._on_instruction_text = on_instruction
         self._recent_instructions = RecentMessages()
-        # Rate-limited warnings about this camera's input (the node's, when it has them).
-        self._warn = warn if warn is not None else getattr(node, "_warn", None)
+        self._warn = warn  # rate-limited warnings about this camera's input: warn(stream, kind, message)
 
         in_qos = stream_qos(settings["image_qos_reliability"], int(settings["image_qos_depth"]))
         if settings["use_compressed"]:

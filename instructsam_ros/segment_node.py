@@ -9,6 +9,11 @@ lists camera names, each a sub-namespace (`cameras: [front, wrist]` -> `front/im
        <camera>/instruction
   out  segmentation (instructsam_ros/InstanceSegmentation), label_image (mono16),
        overlay (rgb8, only while subscribed); /diagnostics (the node, and each camera)
+  with depth:=true, per camera also
+  in   depth/image (16UC1 mm, 32FC1 m; depth/image/compressedDepth with use_compressed:=true)
+       and depth/camera_info: paired with the colour frames by stamp; every instance gets a
+       3-D location (Instance.location) in the depth image's frame, computed in the worker
+  out  instance_points (sensor_msgs/PointCloud2 with an instance_id field; only while subscribed)
   srv  segment (instructsam_ros/Segment): one image + instruction (+ camera) -> InstanceSegmentation
 
 Threading: an image callback only drops the frame into its camera's latest-frame slot; one
@@ -377,6 +382,7 @@ class SegmentNode(LifecycleNode):
                     self, name, self._stream_settings, self._submit, self.stats,
                     self._camera_instruction(name) if name else None, self._on_camera_instruction,
                     self._image_group, self._instruction_group, float(self._settings["tracking_iou"]),
+                    warn=self._warn,
                 )
                 streams[name] = stream
                 s = self._stream_settings
