@@ -119,3 +119,57 @@ def image_remappings(cameras: list[str], images_text: str, image: str) -> list[t
     for camera, source in zip(cameras, sources):
         remaps += [(camera_topic(camera, "image"), source), (camera_topic(camera, "image/compressed"), f"{source}/compressed")]
     return remaps
+
+
+def _topic_list(text: str) -> list[str]:
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    return [part.strip().strip("'\"") for part in re.split(r"[,\s]+", body) if part.strip()]
+
+
+def sibling_camera_info(depth_topic: str) -> str:
+    """The CameraInfo topic next to an image topic (image_transport's convention):
+    /camera/aligned_depth_to_color/image_raw -> /camera/aligned_depth_to_color/camera_info."""
+    head, sep, _ = depth_topic.rstrip("/").rpartition("/")
+    return f"{head}{sep}camera_info" if sep else "camera_info"
+
+
+def depth_remappings(cameras: list[str], depth: str, depth_info: str, depths_text: str = "",
+                     depth_infos_text: str = "") -> list[tuple[str, str]]:
+    """Remappings of the cameras' depth topics for the launch file; empty when depth is not asked for.
+
+    One camera: `depth` is its depth image topic (remaps `depth/image`, and
+    `depth/image/compressedDepth` to `<depth>/compressedDepth`), `depth_info` its CameraInfo
+    (empty: the camera_info next to `depth`). With cameras, `depths_text` and `depth_infos_text`
+    list one topic per camera in the camera order (same syntax as the camera list).
+    Raises ValueError naming the problem.
+    """
+    if not cameras:
+        if not depth.strip():
+            if depth_info.strip():
+                raise ValueError("depth_info is set but depth is not: give the depth image topic too (depth:=...)")
+            return []
+        pairs = [("", depth.strip(), depth_info.strip())]
+    else:
+        if depth.strip() or depth_info.strip():
+            raise ValueError("with cameras, give one depth topic per camera in depths:=... (and depth_infos:=...), "
+                             "not depth:=/depth_info:=")
+        sources = _topic_list(depths_text)
+        infos = _topic_list(depth_infos_text)
+        if not sources:
+            if infos:
+                raise ValueError("depth_infos is set but depths is not: give the depth image topics too")
+            return []
+        if len(sources) != len(cameras) or (infos and len(infos) != len(cameras)):
+            raise ValueError(f"depths lists {len(sources)} and depth_infos {len(infos)} topics for {len(cameras)} cameras "
+                             f"({', '.join(cameras)}): give one per camera")
+        pairs = [(camera, source, infos[k] if infos else "") for k, (camera, source) in enumerate(zip(cameras, sources))]
+    remaps = []
+    for camera, source, info in pairs:
+        remaps += [
+            (camera_topic(camera, "depth/image"), source),
+            (camera_topic(camera, "depth/image/compressedDepth"), f"{source}/compressedDepth"),
+            (camera_topic(camera, "depth/camera_info"), info or sibling_camera_info(source)),
+        ]
+    return remaps

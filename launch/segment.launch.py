@@ -7,6 +7,11 @@ Examples:
 Several cameras on one model (one node; topics <camera>/image, <camera>/segmentation, ...):
   ros2 launch instructsam_ros segment.launch.py cameras:=front,wrist \
       images:=/front/color/image_raw,/wrist/color/image_raw device:=cuda
+3-D positions from an aligned depth image (per instance: Instance.location; topics depth/image,
+depth/camera_info; the CameraInfo defaults to the camera_info next to the depth topic):
+  ros2 launch instructsam_ros segment.launch.py image:=/camera/color/image_raw \
+      depth:=/camera/aligned_depth_to_color/image_raw
+  ros2 launch instructsam_ros segment.launch.py cameras:=front,wrist images:=... depths:=/front/depth,/wrist/depth
 Then publish an instruction (latched) for every camera, or for one camera on <camera>/instruction:
   ros2 topic pub --once --qos-durability transient_local <namespace>/instruction std_msgs/String \
       "data: 'segment the cups'"
@@ -25,7 +30,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from instructsam_ros.cameras import image_remappings, parse_camera_argument
+from instructsam_ros.cameras import depth_remappings, image_remappings, parse_camera_argument
 from instructsam_ros.dds_profile import profile_variables
 
 
@@ -35,6 +40,10 @@ def _segment_node(context):
     cameras = parse_camera_argument(LaunchConfiguration("cameras").perform(context))
     remappings = image_remappings(cameras, LaunchConfiguration("images").perform(context),
                                   LaunchConfiguration("image").perform(context))
+    depth = depth_remappings(cameras, LaunchConfiguration("depth").perform(context),
+                             LaunchConfiguration("depth_info").perform(context),
+                             LaunchConfiguration("depths").perform(context),
+                             LaunchConfiguration("depth_infos").perform(context))
     overrides = {
         "model": LaunchConfiguration("model"),
         "device": LaunchConfiguration("device"),
@@ -45,6 +54,8 @@ def _segment_node(context):
     }
     if cameras:  # an empty list has no type in ROS parameters: no camera listed is the default
         overrides.update({"cameras": cameras})
+    if depth:  # a depth topic given: 3-D on (otherwise the params file decides, false by default)
+        overrides.update({"depth": True})
     return [
         Node(
             package="instructsam_ros",
@@ -54,7 +65,7 @@ def _segment_node(context):
             output="screen",
             emulate_tty=True,
             parameters=[LaunchConfiguration("params_file"), overrides],
-            remappings=remappings,
+            remappings=remappings + depth,
         )
     ]
 
@@ -68,6 +79,10 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="image", description="input image topic of the single camera (remaps 'image' and 'image/compressed')"),
         DeclareLaunchArgument("cameras", default_value="", description="camera names, e.g. front,wrist: one node serves them all (topics <camera>/image, ...); empty: one camera"),
         DeclareLaunchArgument("images", default_value="", description="with cameras: one input image topic per camera, in the same order (empty: <camera>/image)"),
+        DeclareLaunchArgument("depth", default_value="", description="aligned depth image topic of the single camera (16UC1 or 32FC1); turns 3-D on (empty: no depth)"),
+        DeclareLaunchArgument("depth_info", default_value="", description="CameraInfo of that depth image (empty: camera_info next to the depth topic)"),
+        DeclareLaunchArgument("depths", default_value="", description="with cameras: one aligned depth image topic per camera, in the same order; turns 3-D on"),
+        DeclareLaunchArgument("depth_infos", default_value="", description="with cameras: one depth CameraInfo topic per camera (empty: camera_info next to each depth topic)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_compressed", default_value="false", description="subscribe to <image>/compressed"),
         DeclareLaunchArgument("threshold", default_value="0.3", description="minimum instance score"),

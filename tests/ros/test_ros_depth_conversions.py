@@ -260,3 +260,30 @@ def test_depth_queue_size_changes_keep_the_newest():
     for stamp in range(10, 13):
         queue.add(stamp, stamp)
     assert len(queue) == 5
+
+
+def test_launch_depth_arguments_become_remappings():
+    import ast
+    from pathlib import Path
+
+    from instructsam_ros.cameras import depth_remappings
+
+    assert depth_remappings([], "", "") == []
+    assert depth_remappings([], "/cam/aligned_depth_to_color/image_raw", "") == [
+        ("depth/image", "/cam/aligned_depth_to_color/image_raw"),
+        ("depth/image/compressedDepth", "/cam/aligned_depth_to_color/image_raw/compressedDepth"),
+        ("depth/camera_info", "/cam/aligned_depth_to_color/camera_info"),
+    ]
+    assert depth_remappings([], "/d", "/info")[2] == ("depth/camera_info", "/info")
+    two = depth_remappings(["front", "wrist"], "", "", "/f/depth,/w/depth", "")
+    assert ("front/depth/image", "/f/depth") in two and ("wrist/depth/camera_info", "/w/camera_info") in two
+    for args, words in [(([], "", "/info"), "depth_info is set"), ((["a"], "/d", ""), "depths:="),
+                        ((["a", "b"], "", "", "/d"), "give one per camera")]:
+        with pytest.raises(ValueError, match=words):
+            depth_remappings(*args)
+    # The launch file declares the arguments and turns the depth parameter on with them.
+    source = (Path(__file__).resolve().parents[2] / "launch" / "segment.launch.py").read_text()
+    declared = {ast.literal_eval(n.args[0]) for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"}
+    assert {"depth", "depth_info", "depths", "depth_infos"} <= declared
+    assert 'overrides.update({"depth": True})' in source and "remappings=remappings + depth" in source
