@@ -5,11 +5,14 @@ Starts three plain processes that talk over DDS, exactly as on a robot:
      model; a freshly written tiny random model when the default model is not installed,
      saying so),
   2. a synthetic camera process publishing a slowly panning scene of coloured shapes on each
-     camera's `<camera>/image` (sensor QoS), the cameras panning in opposite directions,
+     camera's `<camera>/image` (sensor QoS), the cameras panning in opposite directions, and an
+     aligned depth image of the same scene (each shape a flat cut-out at a known distance, a
+     wall behind) on `<camera>/depth/image` with its `<camera>/depth/camera_info`,
   3. this process: it publishes the instructions (latched): the node's, which the first camera
      follows, and each other camera's own on `<camera>/instruction`; it prints the instances of
-     every result and writes the overlay of every result as a PNG; at the end it says, per
-     camera and instruction, how many frames found something.
+     every result with each instance's 3-D position and writes the overlay of every result (the
+     distance next to each label) as a PNG; at the end it says, per camera and instruction, how
+     many frames found something. --no-depth runs it without the depth images.
 
   instructsam-demo --seconds 8 --out instructsam_demo
 """
@@ -30,6 +33,7 @@ from instructsam_core.errors import UserError
 from instructsam_ros.processes import start_child, stop_child
 
 DEMO_NAMESPACE = "/instructsam_demo"
+DEMO_FOV_DEG = 60.0  # horizontal field of view of the synthetic cameras
 
 
 # ----------------------------------------------------------------------------- camera process
@@ -89,6 +93,20 @@ def run_camera(args: argparse.Namespace) -> int:
     rclpy.init()
     node = rclpy.create_node("synthetic_cameras", namespace=args.namespace)
     publishers = [node.create_publisher(Image, camera_topic(name, "image"), stream_qos("best_effort", 1)) for name in cameras]
+    depth_publishers = []
+    if args.depth:
+        from sensor_msgs.msg import CameraInfo
+
+        from instructsam_ros.synthetic_depth import pinhole, scene_depth, to_16uc1
+
+        millimetres = to_16uc1(scene_depth(demo_scene(args.seed).objects, width, height)[0])
+        k = pinhole(width, height, DEMO_FOV_DEG)
+        info = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
+        info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+        info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        depth_publishers = [(node.create_publisher(Image, camera_topic(name, "depth/image"), stream_qos("best_effort", 1)),
+                             node.create_publisher(CameraInfo, camera_topic(name, "depth/camera_info"), stream_qos("best_effort", 1)))
+                            for name in cameras]
     sent = 0
     start = time.monotonic()
     try:
@@ -96,9 +114,17 @@ def run_camera(args: argparse.Namespace) -> int:
             shift = int(round((time.monotonic() - start) * args.pan_px_per_s))
             stamp = node.get_clock().now().to_msg()
             for k, (name, publisher) in enumerate(zip(cameras, publishers)):
-                msg = array_to_image_msg(np.roll(frame, (-1) ** k * shift % width, axis=1), "rgb8")
+                roll = (-1) ** k * shift % width
+                msg = array_to_image_msg(np.roll(frame, roll, axis=1), "rgb8")
                 msg.header.stamp = stamp
                 msg.header.frame_id = f"demo_{name or 'camera'}_optical"
+                if depth_publishers:  # aligned depth: the same pixels, stamp and optical frame
+                    depth_pub, info_pub = depth_publishers[k]
+                    info.header = msg.header
+                    info_pub.publish(info)
+                    depth_msg = array_to_image_msg(np.roll(millimetres, roll, axis=1), "mono16", msg.header)
+                    depth_msg.encoding = "16UC1"
+                    depth_pub.publish(depth_msg)
                 publisher.publish(msg)
             sent += 1
             next_time = start + sent / args.rate
@@ -148,6 +174,26 @@ def pick_model(model: str, scratch: Path) -> tuple[str, str]:
     )
 
 
+def position(location) -> str:
+    """' at (x, y, z) m' for a located instance (its centre, in the depth camera's optical frame)."""
+    if location.status == location.OK:
+        c = location.center
+        return f" at ({c.x:+.2f}, {c.y:+.2f}, {c.z:.2f}) m"
+    if location.status == location.TOO_FEW_VALID:
+        return f" 3-D: only {location.valid_pixels} valid depth pixels"
+    return ""
+
+
+def depth_line(seed: int) -> str:
+    """What the depth camera shows: each shape's known distance."""
+    from instructsam_ros.synthetic_depth import scene_depth
+
+    scene = demo_scene(seed)
+    _, distances = scene_depth(scene.objects, scene.width, scene.height)
+    shapes = ", ".join(f"{o.color} {o.shape} at {d:.2f} m" for o, d in zip(scene.objects, distances))
+    return f"demo: depth camera ({DEMO_FOV_DEG:g} degrees wide): {shapes}, a wall at 2.00 m"
+
+
 class Recorder:
     """Collects results and overlays per camera (matched by stamp), prints and saves them."""
 
@@ -179,10 +225,11 @@ class Recorder:
             counts[0] += 1
             counts[1] += bool(msg.instances)
         parts = [f"#{i.id} {i.phrase} {i.score:.2f} box=({i.box.x_offset},{i.box.y_offset},{i.box.width},{i.box.height})"
-                 for i in msg.instances[:6]]
+                 f"{position(i.location)}" for i in msg.instances[:6]]
         more = f" (+{len(msg.instances) - 6} more)" if len(msg.instances) > 6 else ""
+        depth = f" [3-D missing: {msg.depth_problem}]" if msg.depth_status not in (msg.DEPTH_DISABLED, msg.DEPTH_OK) else ""
         print(f"frame {index:04d} {camera} [{msg.instruction!r} -> phrases {list(msg.phrases)}] "
-              f"{len(msg.instances)} instances: {'; '.join(parts) or '-'}{more}", flush=True)
+              f"{len(msg.instances)} instances: {'; '.join(parts) or '-'}{more}{depth}", flush=True)
         self._save(key)
 
     def summary(self, asked: list[tuple[str, str]]) -> list[str]:
@@ -261,12 +308,12 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     node_cmd = [
         sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={ns}",
         "-p", f"model:={model}", "-p", f"device:={args.device}", "-p", f"threshold:={args.threshold}",
-        "-p", "max_frame_age:=2.0", "-p", f"cameras:=[{', '.join(cameras)}]",
+        "-p", "max_frame_age:=2.0", "-p", f"cameras:=[{', '.join(cameras)}]", "-p", f"depth:={str(args.depth).lower()}",
     ]
     width, height = args.size
     camera_cmd = [
         sys.executable, "-m", "instructsam_ros.demo", "camera", "--namespace", ns, "--rate", str(args.rate),
-        "--size", f"{width}x{height}", "--seed", str(args.seed), "--cameras", *cameras,
+        "--size", f"{width}x{height}", "--seed", str(args.seed), *(["--depth"] if args.depth else []), "--cameras", *cameras,
     ]
     recorder = Recorder(out_dir)
     rclpy.init()
@@ -292,6 +339,8 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     spinner.start()
     print(f"demo: cameras {', '.join(cameras)} on one segment node; {width}x{height} frames at {args.rate:g} Hz; "
           f"overlays -> {out_dir}/", flush=True)
+    if args.depth:
+        print(depth_line(args.seed), flush=True)
     for k, ((camera, text), publisher) in enumerate(zip(asked, instruction_pubs)):
         how = "follows the node's instruction" if k == 0 else f"has its own instruction (on {camera}/instruction)"
         print(f"demo: {camera} {how}: {text!r}", flush=True)
@@ -359,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instruction", action="append",
                         help="instruction of a camera, repeated in camera order (the first camera follows the node's "
                              "instruction, the others have their own; fewer instructions than cameras are reused)")
+    parser.add_argument("--no-depth", dest="depth", action="store_false",
+                        help="no depth images: the node runs without 3-D (as with depth:=false)")
     parser.add_argument("--out", default="instructsam_demo", help="directory for the overlay PNGs")
     parser.add_argument("--namespace", default=DEMO_NAMESPACE)
     parser.add_argument("--startup-timeout", type=_positive, default=300.0, help="seconds to wait for the first result")
@@ -375,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         camera.add_argument("--seed", type=int, default=3)
         camera.add_argument("--pan-px-per-s", type=float, default=12.0)
         camera.add_argument("--cameras", nargs="*", type=_camera_names, default=[])
+        camera.add_argument("--depth", action="store_true", help="also publish each camera's aligned depth and CameraInfo")
         return run_camera(camera.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:

@@ -30,6 +30,11 @@ def test_demo_streams_two_cameras_with_their_own_instructions(tiny_model_dir, tm
     assert "demo: front follows the node's instruction: 'red circles'" in result.stdout
     assert "demo: wrist has its own instruction (on wrist/instruction): 'blue squares'" in result.stdout
     assert "on each of 2 cameras" in result.stdout
+    # The depth camera: known distances announced, every instance printed with its 3-D position
+    # (the tiny model's masks fall on shapes and wall, so between the nearest shape and the wall).
+    assert "demo: depth camera (60 degrees wide): red square at 0.60 m, blue triangle at 0.90 m" in result.stdout
+    depths = [float(z) for z in re.findall(r" at \([-+]\d+\.\d\d, [-+]\d+\.\d\d, (\d+\.\d\d)\) m", result.stdout)]
+    assert depths and all(0.6 <= z <= 2.0 for z in depths)
     # Each camera's results answer its own instruction, never the other's.
     frames = re.findall(r"^frame \d+ (\w+) \['(.*)' -> phrases .*\] (\d+) instances", result.stdout, re.M)
     assert {(camera, text) for camera, text, _ in frames} == {("front", "red circles"), ("wrist", "blue squares")}
