@@ -220,17 +220,22 @@ class CameraStream:
                 labels = label_image(prediction.instances, result.ids, rgb.shape[0], rgb.shape[1], result.boxes)
             msg = prediction_to_msg(prediction, result.ids, header, result.instruction_id, result.model_latency, 0.0,
                                     result.boxes, instruction)
-            distances = None
+            distances = cloud = None
             if self.depth is not None:
+                start = time.perf_counter()
                 depth = self._locate(frame, rgb, result, settings)
                 apply_depth(msg, depth)
-                msg.depth_latency = depth.latency
+                if depth.cloud is not None:
+                    cloud = point_cloud_msg(depth.cloud, depth.header)
                 if depth.locations is not None:
                     distances = [loc.distance if loc.status == LOCATED else None for loc in depth.locations]
+                # Everything 3-D costs this frame: pairing, checks, statistics, filling the message, the cloud.
+                msg.depth_latency = depth.latency = time.perf_counter() - start
+                self._record_depth(depth)
             msg.processing_latency = time.monotonic() - frame.arrival
             self._seg_pub.publish(msg)
-            if self.depth is not None and depth.cloud is not None:
-                self._points_pub.publish(point_cloud_msg(depth.cloud, depth.header))
+            if cloud is not None:
+                self._points_pub.publish(cloud)
             if want_label:
                 self._label_pub.publish(array_to_image_msg(labels, "mono16", header))
             if want_overlay:
@@ -239,8 +244,7 @@ class CameraStream:
             return True
 
     def _locate(self, frame: Frame, rgb, result: SegmentResult, settings: dict[str, Any]) -> DepthResult:
-        """The 3-D step of one frame (worker thread): pair, check, locate; counted per cause."""
-        start = time.perf_counter()
+        """The 3-D step of one frame (worker thread): pair, check, locate."""
         depth = self.depth
         depth.queue.resize_to(int(settings["depth_queue_size"]))
         pairing = depth.pair(stamp_ns(frame.msg.header.stamp), float(settings["depth_sync_tolerance"]), frame.depth_held)
@@ -253,7 +257,10 @@ class CameraStream:
         except Exception as error:  # noqa: BLE001 - the colour result goes out whatever the 3-D step does
             outcome = DepthResult(DEPTH_REJECTED, "depth_malformed", f"3-D step failed: {type(error).__name__}: {error}",
                                   header=getattr(pairing.item, "header", None))
-        outcome.latency = time.perf_counter() - start
+        return outcome
+
+    def _record_depth(self, outcome: DepthResult) -> None:
+        """Count the frame's 3-D outcome per cause, time it, and warn (rate-limited) about problems."""
         problem = f"3-D missing: {outcome.problem}" if outcome.problem else None
         self.record_depth(outcome.outcome, outcome.latency, problem)
         if self._warn is not None:
@@ -261,7 +268,6 @@ class CameraStream:
                 self._warn(self, f"depth_{outcome.outcome}", problem)
             for note in outcome.warnings:
                 self._warn(self, "depth_note", note)
-        return outcome
 
     # ------------------------------------------------------------------ end
     @property
