@@ -18,6 +18,13 @@ and end-to-end latency (median, p99), drops, and the memory of the node processe
 PSS, which counts a shared library page once). Every camera publishes at --rate.
 
   python -m instructsam_ros.benchmark --model default --cameras 1,2,4 --rate 30 --sizes 640x480
+
+With --depth it measures the 3-D step (benchmark_depth): one node with depth:=true, ten squares
+of known depth, colour-only / depth / depth with a point-cloud subscriber alternating in the
+same run (--repeats rounds of --seconds each, at --depth-rate), the node's own 3-D step time
+per frame and its in-node overhead with and without depth.
+
+  python -m instructsam_ros.benchmark --depth --model default --threshold 0 --sizes 640x480 --seconds 6
 """
 from __future__ import annotations
 
@@ -429,6 +436,15 @@ def run(args: argparse.Namespace) -> int:
         model_name = model
     if args.cameras:
         return run_cameras(args, model, model_name, scratch)
+    if args.depth:
+        from instructsam_ros.benchmark_depth import markdown as depth_markdown
+        from instructsam_ros.benchmark_depth import run_depth
+
+        report = run_depth(args, model, model_name, scratch, hardware())
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        print(depth_markdown(report))
+        return 0
     session = Session(model, args.device, args.threshold, scratch / "node.log")
     report = {"model": model_name, "device": args.device, "hardware": hardware(), "instruction": INSTRUCTION, "sizes": []}
     try:
@@ -495,11 +511,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=_cameras, help="camera counts, e.g. 1,2,4: one node of N cameras against N "
                         "nodes of one camera (at the first of --sizes, every camera at --rate)")
     parser.add_argument("--rate", type=float, default=30.0, help="with --cameras: frames per second of every camera")
+    parser.add_argument("--depth", action="store_true", help="measure the 3-D step: colour only, colour + depth and "
+                        "colour + depth + point cloud in the same run (see benchmark_depth)")
+    parser.add_argument("--depth-rate", type=float, default=5.0, help="with --depth: frames per second (below the model's capacity)")
+    parser.add_argument("--repeats", type=int, default=3, help="with --depth: rounds of the three phases")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.seconds <= 0 or args.peak_steps < 1:
         parser.error("--seconds must be > 0 and --peak-steps >= 1")
     if not 0 < args.rate <= 1000:
         parser.error(f"--rate must be in (0, 1000] Hz, got {args.rate}")
+    if not 0 < args.depth_rate <= 1000 or args.repeats < 1:
+        parser.error("--depth-rate must be in (0, 1000] Hz and --repeats >= 1")
+    if args.depth and args.cameras:
+        parser.error("--depth and --cameras are separate measurements: give one of them")
     try:
         return run(args)
     except UserError as error:
