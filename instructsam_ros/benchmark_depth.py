@@ -63,7 +63,8 @@ class DepthSession:
         self.instruction.publish(String(data=INSTRUCTION))
         self.lock = threading.Lock()
         self.received: dict[int, dict] = {}
-        self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result, stream_qos("reliable", 50))
+        self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result,
+                                                 stream_qos("reliable", 50))
         self._cloud_sub = None
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)

@@ -18,7 +18,7 @@ from instructsam_ros.depth_conversions import (
     point_cloud_msg,
 )
 from instructsam_ros.depth_geometry import BadDepthError, DepthSettings, InstanceLocation
-from instructsam_ros.depth_input import DEPTH_MISSING, DEPTH_OK, DEPTH_REJECTED, DepthInput, apply_depth
+from instructsam_ros.depth_input import DEPTH_OK, DEPTH_REJECTED, DepthInput, apply_depth
 from instructsam_ros.interfaces import Instance, InstanceSegmentation
 from instructsam_ros.synthetic_depth import Plate, pinhole, render, to_16uc1
 

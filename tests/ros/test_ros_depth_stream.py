@@ -22,7 +22,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from instructsam_ros.depth_conversions import cloud_msg_to_array
-from instructsam_ros.image_conversions import array_to_image_msg
 from instructsam_ros.instance_conversions import msg_to_mask
 from instructsam_ros.synthetic_depth import Plate, pinhole, render, to_16uc1, with_holes
 from rosprobe import Probe, stamp_ns, unique_stamp, wait_for
