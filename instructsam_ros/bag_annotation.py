@@ -102,13 +102,27 @@ class AnnotateOptions:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
-    # Read and write the bag in threads beside the model: None = on a GPU, where the CPU is
-    # otherwise idle; on a CPU the model uses the cores and the threads only slow it down.
+    # Read and write the bag in threads beside the model. None = when the model leaves a core
+    # idle: on a GPU, or on a CPU whose model threads are fewer than the usable cores. When the
+    # model takes every core the threads only take its CPU (BENCHMARKS.md).
     threads: bool | None = None
 
     @property
     def use_threads(self) -> bool:
-        return self.device.startswith("cuda") if self.threads is None else self.threads
+        if self.threads is not None:
+            return self.threads
+        return self.device.startswith("cuda") or model_leaves_a_core_idle()
+
+
+def model_leaves_a_core_idle() -> bool:
+    """True when torch's CPU threads are fewer than the cores this process may run on."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() < cores
 
 
 @dataclass

@@ -224,6 +224,26 @@ def test_reader_and_writer_threads_write_the_same_bytes(tmp_path, tiny_model_dir
     assert outputs["on"] == outputs["off"]
 
 
+@pytest.mark.parametrize("device, torch_threads, cores, expected", [
+    ("cpu", 4, 4, False),  # the model takes every core: threads would take its CPU
+    ("cpu", 1, 2, True),  # OMP_NUM_THREADS=1 on two cores: one core is idle
+    ("cpu", 8, 4, False),
+    ("cuda", 4, 4, True),  # the model runs on the GPU: the CPU is idle
+])
+def test_auto_io_threads_only_when_the_model_leaves_a_core_idle(monkeypatch, tmp_path, device, torch_threads, cores,
+                                                                expected):
+    from instructsam_ros.bag_annotation import AnnotateOptions
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    options = AnnotateOptions(bag=tmp_path / "in", out=tmp_path / "out", topics=["/camera"], instruction="cups",
+                              device=device)
+    assert options.use_threads is expected
+    for forced in (True, False):
+        options.threads = forced
+        assert options.use_threads is forced
+
+
 def _command(bag: Path, out: Path, model: Path) -> list[str]:
     return [sys.executable, "-m", "instructsam_core.cli", "annotate-bag", "--bag", str(bag), "--topics", *TWO_TOPICS,
             "--instruction", "red circles", "--out", str(out), "--model", str(model), "--batch-size", "2",

@@ -46,8 +46,9 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT, and discard a partial run of other settings")
     parser.add_argument("--io-threads", choices=["auto", "on", "off"], default="auto",
-                        help="read and write the bag in threads beside the model (auto: on for cuda devices, "
-                             "where the CPU is otherwise idle; off for cpu, where they slow the model down)")
+                        help="read and write the bag in threads beside the model (auto: on when the model leaves a "
+                             "core idle - cuda devices, or fewer torch threads than cores; off when the model "
+                             "uses every core, where the threads slow it down)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
