@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,13 @@ def hardware() -> str:
 
 
 class Session:
-    """The node process plus this process's publisher and result subscriber."""
+    """The node process plus this process's publisher and result subscriber; `node_params`
+    (`name:=value`) go to the node after the benchmark's own."""
 
-    def __init__(self, model: str, device: str, threshold: float, log_path: Path) -> None:
+    node_name = "instructsam_benchmark"
+
+    def __init__(self, model: str, device: str, threshold: float, log_path: Path, namespace: str = NAMESPACE,
+                 instruction: str = INSTRUCTION, node_params: tuple[str, ...] = ()) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
@@ -84,20 +89,21 @@ class Session:
 
         repo_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
+        params = [f"model:={model}", f"device:={device}", f"threshold:={threshold}", "max_frame_age:=0.0",
+                  "diagnostics_period:=5.0", *node_params]
         self._log = open(log_path, "w")
         self.proc = start_child(
-            [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
-             "-p", f"model:={model}", "-p", f"device:={device}", "-p", f"threshold:={threshold}",
-             "-p", "max_frame_age:=0.0", "-p", "diagnostics_period:=5.0"],
+            [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={namespace}",
+             *(arg for param in params for arg in ("-p", param))],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         rclpy.init()
-        self.node = rclpy.create_node("instructsam_benchmark", namespace=NAMESPACE)
+        self.node = rclpy.create_node(self.node_name, namespace=namespace)
         self.publisher = self.node.create_publisher(Image, "image", stream_qos("best_effort", 1))
         self.instruction = self.node.create_publisher(String, "instruction", instruction_qos())
-        self.instruction.publish(String(data=INSTRUCTION))
+        self.instruction.publish(String(data=instruction))
         self.lock = threading.Lock()
-        self.received: dict[int, tuple[int, float, float]] = {}  # stamp -> (receive ns, model s, in-node s)
+        self.received: dict[int, Any] = {}  # stamp -> what _on_result keeps of the result
         self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result, stream_qos("reliable", 50))
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)

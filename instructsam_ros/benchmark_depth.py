@@ -14,17 +14,13 @@ end-to-end latency, instances per frame and mask pixels per frame.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from instructsam_core.errors import UserError
-from instructsam_ros.processes import start_child, stop_child
+from instructsam_ros.benchmark import Session
 
 NAMESPACE = "/instructsam_bench_depth"
 INSTRUCTION = "squares"
@@ -32,51 +28,23 @@ PHASES = ("colour", "depth", "depth+cloud")
 FOV_DEG = 60.0
 
 
-class DepthSession:
-    """The node (depth:=true) and this process's publishers and subscribers."""
+class DepthSession(Session):
+    """The node (depth:=true) and this process's publishers and subscribers: a Session with an
+    aligned depth stream and its CameraInfo beside the colour one."""
+
+    node_name = "instructsam_depth_benchmark"
 
     def __init__(self, model: str, device: str, threshold: float, log_path: Path) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import CameraInfo, Image
-        from std_msgs.msg import String
 
-        from instructsam_ros.interfaces import InstanceSegmentation
-        from instructsam_ros.qos import instruction_qos, stream_qos
+        from instructsam_ros.qos import stream_qos
 
-        repo_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
-        self._log = open(log_path, "w")
-        self.proc = start_child(
-            [sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
-             "-p", f"model:={model}", "-p", f"device:={device}", "-p", f"threshold:={threshold}",
-             "-p", "max_frame_age:=0.0", "-p", "diagnostics_period:=5.0", "-p", "depth:=true",
-             "-p", "depth_sync_tolerance:=0.005"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        rclpy.init()
-        self.node = rclpy.create_node("instructsam_depth_benchmark", namespace=NAMESPACE)
-        self.image_pub = self.node.create_publisher(Image, "image", stream_qos("best_effort", 1))
+        super().__init__(model, device, threshold, log_path, namespace=NAMESPACE, instruction=INSTRUCTION,
+                         node_params=("depth:=true", "depth_sync_tolerance:=0.005"))
+        self.image_pub = self.publisher
         self.depth_pub = self.node.create_publisher(Image, "depth/image", stream_qos("reliable", 1))
         self.info_pub = self.node.create_publisher(CameraInfo, "depth/camera_info", stream_qos("reliable", 1))
-        self.instruction = self.node.create_publisher(String, "instruction", instruction_qos())
-        self.instruction.publish(String(data=INSTRUCTION))
-        self.lock = threading.Lock()
-        self.received: dict[int, dict] = {}
-        self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result,
-                                                 stream_qos("reliable", 50))
         self._cloud_sub = None
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._spinning = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        import rclpy
-
-        while self._spinning and rclpy.ok():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _on_result(self, msg) -> None:
         now = time.time_ns()
@@ -109,13 +77,11 @@ class DepthSession:
             time.sleep(0.5)
 
     def wait_ready(self, timeout: float) -> None:
+        super().wait_ready(timeout)
         deadline = time.monotonic() + timeout
-        while (self.image_pub.get_subscription_count() == 0 or self.depth_pub.get_subscription_count() == 0
-               or self.sub.get_publisher_count() == 0):
-            if self.proc.poll() is not None:
-                raise UserError(f"the node exited during start-up; see {self._log.name}")
+        while self.depth_pub.get_subscription_count() == 0:
             if time.monotonic() > deadline:
-                raise UserError(f"the node was not ready within {timeout:g} s; see {self._log.name}")
+                raise UserError(f"the node did not subscribe to depth within {timeout:g} s; see {self._log.name}")
             time.sleep(0.1)
 
     def stream(self, colour, depth, info, rate: float, seconds: float, settle: float = 1.0) -> list[dict]:
@@ -144,17 +110,6 @@ class DepthSession:
         time.sleep(min(5.0, 2.0 + 2.0 / rate))
         with self.lock:
             return [{"sent_ns": s, **self.received[s]} for s in sent if s in self.received]
-
-    def close(self) -> None:
-        import rclpy
-
-        self._spinning = False
-        self._thread.join(timeout=5)
-        stop_child(self.proc, "benchmark: segment node")
-        self._log.close()
-        self.executor.shutdown(timeout_sec=1)
-        self.node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def scene_messages(width: int, height: int):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,18 +32,12 @@ import numpy as np
 
 
 def hardware() -> str:
+    """The node benchmark's hardware line plus torch's thread count (the I/O threads' rule)."""
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from instructsam_ros.benchmark import hardware as machine
+
+    return f"{machine()}, {torch.get_num_threads()} threads"
 
 
 def make_frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
