@@ -75,11 +75,9 @@ def device_for_shard(device: str, environ: dict | None = None) -> str:
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file, read in blocks (hashlib.file_digest: no whole file in memory)."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_run_config(out_dir: Path, config: dict) -> None:

@@ -41,11 +41,9 @@ class CheckpointDamaged(UserError):
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file, read in blocks (hashlib.file_digest: no whole file in memory)."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_manifest(directory: Path) -> None:
