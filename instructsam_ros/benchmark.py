@@ -123,9 +123,13 @@ class Session:
         with self.lock:
             self.received[key] = (now, float(msg.model_latency), float(msg.processing_latency))
 
+    def _matched(self) -> bool:
+        """The node subscribes to what this process publishes, and publishes its results."""
+        return self.publisher.get_subscription_count() > 0 and self.sub.get_publisher_count() > 0
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while self.publisher.get_subscription_count() == 0 or self.sub.get_publisher_count() == 0:
+        while not self._matched():
             if self.proc.poll() is not None:
                 raise UserError(f"the node exited during start-up; see {self._log.name}")
             if time.monotonic() > deadline:

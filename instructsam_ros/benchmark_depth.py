@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from instructsam_core.errors import UserError
 from instructsam_ros.benchmark import Session
 
 NAMESPACE = "/instructsam_bench_depth"
@@ -41,7 +40,6 @@ class DepthSession(Session):
 
         super().__init__(model, device, threshold, log_path, namespace=NAMESPACE, instruction=INSTRUCTION,
                          node_params=("depth:=true", "depth_sync_tolerance:=0.005"))
-        self.image_pub = self.publisher
         self.depth_pub = self.node.create_publisher(Image, "depth/image", stream_qos("reliable", 1))
         self.info_pub = self.node.create_publisher(CameraInfo, "depth/camera_info", stream_qos("reliable", 1))
         self._cloud_sub = None
@@ -76,13 +74,8 @@ class DepthSession(Session):
             self._cloud_sub = None
             time.sleep(0.5)
 
-    def wait_ready(self, timeout: float) -> None:
-        super().wait_ready(timeout)
-        deadline = time.monotonic() + timeout
-        while self.depth_pub.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                raise UserError(f"the node did not subscribe to depth within {timeout:g} s; see {self._log.name}")
-            time.sleep(0.1)
+    def _matched(self) -> bool:
+        return super()._matched() and self.depth_pub.get_subscription_count() > 0
 
     def stream(self, colour, depth, info, rate: float, seconds: float, settle: float = 1.0) -> list[dict]:
         """Publish at `rate` (depth and CameraInfo first, when given) and return the results of
@@ -104,7 +97,7 @@ class DepthSession(Session):
                 self.depth_pub.publish(depth)
                 time.sleep(0.002)
             colour.header.stamp = stamp
-            self.image_pub.publish(colour)
+            self.publisher.publish(colour)
             if k >= int(round(settle * rate)):
                 sent.append(ns)
         time.sleep(min(5.0, 2.0 + 2.0 / rate))
