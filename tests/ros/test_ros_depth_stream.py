@@ -261,7 +261,10 @@ def test_each_camera_pairs_its_own_compressed_depth(start_node, harness, tiny_mo
         publishers = [*colour_pubs.values(), depth_pub, info_pub]
         wait_for(lambda: min(p.get_subscription_count() for p in publishers) > 0, 120,
                  "the node subscribing to each camera's image/compressed and left's depth topics")
-        assert node.count_subscribers(f"{ns}/right/depth/image/compressedDepth") == 1
+        # Discovery reports each topic's endpoints on its own: right's depth subscription may
+        # reach this process's graph after left's topics have matched.
+        wait_for(lambda: node.count_subscribers(f"{ns}/right/depth/image/compressedDepth") == 1, 30,
+                 "the node subscribing to right's depth/image/compressedDepth")
         small_k = pinhole(160, 120, 40.0)
         small = render(PLATES, small_k, wall_depth=1.5)
         colour = CompressedImage(format="jpeg")
