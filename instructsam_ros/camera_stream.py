@@ -123,25 +123,16 @@ class CameraStream:
         self._recent_instructions = RecentMessages()
         self._warn = warn  # rate-limited warnings about this camera's input: warn(stream, kind, message)
 
+        # Every attribute a callback reads is set before the first subscription exists: the
+        # executor may deliver a message on another thread while this constructor still runs.
         in_qos = stream_qos(settings["image_qos_reliability"], int(settings["image_qos_depth"]))
-        if settings["use_compressed"]:
-            self._image_sub = node.create_subscription(
-                CompressedImage, camera_topic(name, "image/compressed"), self._on_image, in_qos, callback_group=image_group)
-        else:
-            self._image_sub = node.create_subscription(Image, camera_topic(name, "image"), self._on_image, in_qos,
-                                                       callback_group=image_group)
-        self.image_topic = self._image_sub.topic_name
-        self._subscriptions = [self._image_sub]
-        self.instruction_topic = ""
-        if own_instruction is not None:
-            subs = subscribe_instructions(node, camera_topic(name, "instruction"), self._on_instruction, instruction_group)
-            self.instruction_topic = subs[0].topic_name
-            self._subscriptions += subs
         out_qos = stream_qos(settings["output_qos_reliability"], int(settings["output_qos_depth"]))
         self._seg_pub = node.create_lifecycle_publisher(InstanceSegmentation, camera_topic(name, "segmentation"), out_qos)
         self._label_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "label_image"), out_qos)
         self._overlay_pub = node.create_lifecycle_publisher(Image, camera_topic(name, "overlay"), out_qos)
         self._publishers = [self._seg_pub, self._label_pub, self._overlay_pub]
+        self._subscriptions: list[Any] = []
+        self.image_topic = self.instruction_topic = ""
 
         # Depth: callbacks only queue messages; pairing and the 3-D step run in the worker.
         self.depth: DepthInput | None = None
@@ -151,6 +142,11 @@ class CameraStream:
             self.depth = DepthInput(queue_size=int(settings["depth_queue_size"]))
             for stats in {id(self.stats): self.stats, id(node_stats): node_stats}.values():
                 stats.depth_enabled = True
+            self._points_pub = node.create_lifecycle_publisher(PointCloud2, camera_topic(name, "instance_points"), out_qos)
+            self._publishers.append(self._points_pub)
+
+        # Subscriptions last (see above).
+        if self.depth is not None:
             if settings["use_compressed"]:
                 depth_sub = node.create_subscription(CompressedImage, camera_topic(name, "depth/image/compressedDepth"),
                                                      self.depth.on_depth, in_qos, callback_group=image_group)
@@ -161,10 +157,20 @@ class CameraStream:
                                                 stream_qos(settings["image_qos_reliability"], 1), callback_group=image_group)
             self.depth_topic, self.depth_info_topic = depth_sub.topic_name, info_sub.topic_name
             self._subscriptions += [depth_sub, info_sub]
-            self._points_pub = node.create_lifecycle_publisher(PointCloud2, camera_topic(name, "instance_points"), out_qos)
-            self._publishers.append(self._points_pub)
             node.get_logger().info(f"{self.label + ': ' if name else ''}depth on {self.depth_topic} with "
                                    f"{self.depth_info_topic}; 3-D points on {self._points_pub.topic_name}")
+        if own_instruction is not None:
+            subs = subscribe_instructions(node, camera_topic(name, "instruction"), self._on_instruction, instruction_group)
+            self.instruction_topic = subs[0].topic_name
+            self._subscriptions += subs
+        if settings["use_compressed"]:
+            self._image_sub = node.create_subscription(
+                CompressedImage, camera_topic(name, "image/compressed"), self._on_image, in_qos, callback_group=image_group)
+        else:
+            self._image_sub = node.create_subscription(Image, camera_topic(name, "image"), self._on_image, in_qos,
+                                                       callback_group=image_group)
+        self.image_topic = self._image_sub.topic_name
+        self._subscriptions.append(self._image_sub)
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image | CompressedImage) -> None:

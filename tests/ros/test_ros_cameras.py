@@ -163,3 +163,67 @@ def test_a_removed_camera_loses_its_waiting_frame_and_clear_drops_all():
     assert slots.clear() == {"front": 1} and slots.pending() == []
     with pytest.raises(ValueError):
         slots.take_batch(0)
+
+
+# ----------------------------------------------------------------------------- stream construction
+class _EndpointDouble:
+    def __init__(self, topic: str) -> None:
+        self.topic_name = "/" + topic
+
+    def get_subscription_count(self) -> int:
+        return 0
+
+
+class _EagerNode:
+    """A node whose subscriptions deliver a message while they are being created, as a
+    multi-threaded executor may do before the creating constructor has returned."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+
+    def create_subscription(self, msg_type, topic, callback, qos, callback_group=None, event_callbacks=None):
+        from sensor_msgs.msg import CameraInfo
+        from std_msgs.msg import String
+
+        msg = msg_type()
+        if msg_type is String:
+            callback(msg, {"source_timestamp": 1, "publication_sequence_number": 1, "publisher_gid": None})
+        elif msg_type is not CameraInfo:
+            msg.header.stamp.sec = 5
+            callback(msg)
+        self.delivered.append(topic)
+        return _EndpointDouble(topic)
+
+    def create_lifecycle_publisher(self, msg_type, topic, qos):
+        return _EndpointDouble(topic)
+
+    def get_logger(self):
+        import logging
+
+        return logging.getLogger("eager-node")
+
+
+@pytest.mark.parametrize("depth, compressed", [(True, False), (True, True), (False, False)])
+def test_a_message_delivered_while_the_stream_is_built_reaches_a_complete_stream(depth, compressed):
+    """CI once saw `'CameraStream' object has no attribute 'depth'`: an image arrived between
+    the image subscription's creation and the depth attribute's assignment."""
+    from instructsam_ros.camera_stream import CameraStream
+    from instructsam_ros.diagnostics import StreamStats
+    from instructsam_ros.parameters import PARAMETERS
+    from instructsam_ros.segmenter import InstructionState
+
+    settings = {entry.name: entry.default for entry in PARAMETERS}
+    settings.update(depth=depth, use_compressed=compressed)
+    node, frames, texts = _EagerNode(), [], []
+    stream = CameraStream(node, "front", settings, lambda s, frame: frames.append((s, frame)), StreamStats(),
+                          InstructionState(), lambda s, text: texts.append(text), None, None, 0.3)
+    image_topic = "front/image/compressed" if compressed else "front/image"
+    assert image_topic in node.delivered and "front/instruction" in node.delivered
+    assert len(frames) == 1 and frames[0][0] is stream and frames[0][1].msg.header.stamp.sec == 5
+    assert len(texts) == 1  # the instruction callback ran on a complete stream too
+    assert stream.image_topic == "/" + image_topic
+    if depth:
+        assert ("front/depth/image/compressedDepth" if compressed else "front/depth/image") in node.delivered
+        assert stream.depth is not None and frames[0][1].depth_held is not None
+    else:
+        assert stream.depth is None and frames[0][1].depth_held is None
