@@ -8,8 +8,9 @@ Starts three plain processes that talk over DDS, exactly as on a robot:
      camera's `<camera>/image` (sensor QoS), the cameras panning in opposite directions, and an
      aligned depth image of the same scene (each shape a flat cut-out at a known distance, a
      wall behind) on `<camera>/depth/image` with its `<camera>/depth/camera_info`,
-  3. this process: it publishes the instructions (latched): the node's, which the first camera
-     follows, and each other camera's own on `<camera>/instruction`; it prints the instances of
+  3. this process: it publishes the node's instruction (latched), which the first camera
+     follows; each other camera gets its own as the node's `<camera>.instruction` parameter (in
+     place before that camera's first frame; `<camera>/instruction` replaces it later); it prints the instances of
      every result with each instance's 3-D position and writes the overlay of every result (the
      distance next to each label) as a PNG; at the end it says, per camera and instruction, how
      many frames found something. --no-depth runs it without the depth images.
@@ -19,6 +20,7 @@ Starts three plain processes that talk over DDS, exactly as on a robot:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -310,6 +312,11 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
         "-p", f"model:={model}", "-p", f"device:={args.device}", "-p", f"threshold:={args.threshold}",
         "-p", "max_frame_age:=2.0", "-p", f"cameras:=[{', '.join(cameras)}]", "-p", f"depth:={str(args.depth).lower()}",
     ]
+    # Every camera but the first starts with its own instruction as a parameter: in place before
+    # the camera's first frame (a latched topic message may arrive just after it). JSON quoting
+    # keeps any text a YAML string.
+    for camera, text in asked[1:]:
+        node_cmd += ["-p", f"{camera}.instruction:={json.dumps(text)}"]
     width, height = args.size
     camera_cmd = [
         sys.executable, "-m", "instructsam_ros.demo", "camera", "--namespace", ns, "--rate", str(args.rate),
@@ -319,9 +326,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     rclpy.init()
     node = rclpy.create_node("instructsam_demo", namespace=ns)
     # The first camera follows the node's instruction; every other camera gets its own.
-    instruction_pubs = [node.create_publisher(String, "instruction", instruction_qos())]
-    instruction_pubs += [node.create_publisher(String, camera_topic(camera, "instruction"), instruction_qos())
-                         for camera, _ in asked[1:]]
+    instruction_pub = node.create_publisher(String, "instruction", instruction_qos())
     for camera in cameras:
         node.create_subscription(InstanceSegmentation, camera_topic(camera, "segmentation"),
                                  lambda msg, camera=camera: recorder.on_result(camera, msg), stream_qos("reliable", 10))
@@ -341,10 +346,11 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
           f"overlays -> {out_dir}/", flush=True)
     if args.depth:
         print(depth_line(args.seed), flush=True)
-    for k, ((camera, text), publisher) in enumerate(zip(asked, instruction_pubs)):
-        how = "follows the node's instruction" if k == 0 else f"has its own instruction (on {camera}/instruction)"
+    for k, (camera, text) in enumerate(asked):
+        how = ("follows the node's instruction" if k == 0 else
+               f"has its own instruction (parameter {camera}.instruction; a new one on {camera}/instruction replaces it)")
         print(f"demo: {camera} {how}: {text!r}", flush=True)
-        publisher.publish(String(data=text))
+    instruction_pub.publish(String(data=asked[0][1]))
     node_proc = start_child(node_cmd, env=env)
     camera_proc = start_child(camera_cmd, env=env)
     status = 0

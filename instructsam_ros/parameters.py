@@ -147,6 +147,9 @@ def _camera_max_frame_age(value: Any) -> str | None:
 CAMERA_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_frame_age", FOLLOW_NODE, "seconds; this camera's frames older than this when the model is free are "
                   f"dropped (0: never; {FOLLOW_NODE}: the node's max_frame_age)", LIVE, _camera_max_frame_age),
+    ParameterSpec("instruction", "", "this camera's own instruction, in place before its first frame; setting it replaces "
+                  "the camera's instruction (empty: follow the node's until one arrives on <camera>/instruction)", LIVE,
+                  _instruction),
 )
 CAMERA_PARAMETER_NAMES = frozenset(spec.name for spec in CAMERA_PARAMETERS)
 

@@ -230,6 +230,10 @@ class SegmentNode(LifecycleNode):
                 continue
             if owned[1] is not None:
                 self._camera_settings.setdefault(owned[1], {})[owned[0].name] = param.value
+                # Also runs when the camera's parameters are declared (configure), so a start-up
+                # value is the camera's instruction before its image subscription exists.
+                if owned[0].name == "instruction" and param.value.strip():
+                    self._accept_instruction(param.value, "parameter", owned[1])
                 continue
             self._settings[param.name] = param.value
             if configured and spec(param.name).applies == CONFIGURE:

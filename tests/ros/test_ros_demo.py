@@ -28,7 +28,7 @@ def test_demo_streams_two_cameras_with_their_own_instructions(tiny_model_dir, tm
                       "--instruction", "red circles", "--instruction", "blue squares")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo: front follows the node's instruction: 'red circles'" in result.stdout
-    assert "demo: wrist has its own instruction (on wrist/instruction): 'blue squares'" in result.stdout
+    assert "demo: wrist has its own instruction (parameter wrist.instruction; a new one on wrist/instruction replaces it): 'blue squares'" in result.stdout
     assert "on each of 2 cameras" in result.stdout
     # The depth camera: known distances announced, every instance printed with its 3-D position
     # (the tiny model's masks fall on shapes and wall, so between the nearest shape and the wall).

@@ -238,6 +238,25 @@ def test_max_frame_age_per_camera(setup):
         assert node_probe.set_parameter("front.max_frame_age", -1.0).successful
 
 
+def test_a_camera_instruction_parameter_sets_that_camera_alone(setup):
+    node_probe, probes, node = setup
+    rear, front = probes["rear"], probes["front"]
+    refused = node_probe.set_parameter("rear.instruction", "x" * 5000)
+    assert not refused.successful and "rear.instruction" in refused.reason and "longer than" in refused.reason
+    try:
+        assert node_probe.set_parameter("rear.instruction", "green triangles").successful
+        result = rear.request(frame_for(rear, seed=4))
+        assert result.instruction == "green triangles" and list(result.phrases) == ["green triangles"]
+        assert fresh(rear)["instruction_from"] == "camera"
+        # An empty value leaves the camera's instruction as it is; other cameras are untouched.
+        assert node_probe.set_parameter("rear.instruction", "").successful
+        assert rear.request(frame_for(rear, seed=5)).instruction == "green triangles"
+        assert front.request(frame_for(front, seed=4)).instruction == INSTRUCTIONS["node"]
+    finally:
+        assert node_probe.set_parameter("rear.instruction", INSTRUCTIONS["rear"]).successful
+    assert rear.request(frame_for(rear, seed=6)).instruction == INSTRUCTIONS["rear"]
+
+
 def test_the_segment_service_takes_a_camera(setup, harness):
     node_probe, probes, node = setup
     client = harness.node.create_client(Segment, f"{NS}/segment")
