@@ -151,7 +151,6 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
     from instructsam_core.evaluation.runner import (
         check_run_config,
         device_for_shard,
-        file_digest,
         run_queries,
         shard_queries,
         shards_complete,
@@ -159,12 +158,13 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
     )
     from instructsam_core.model_paths import resolve_model_dir
     from instructsam_core.predictor import Predictor
+    from instructsam_core.training.checkpoint import file_sha256
 
     model_dir = resolve_model_dir(args.model)
     config = {
         "suite": args.suite,
         "data": str(args.data.resolve()),
-        "data_sha256": file_digest(args.data),
+        "data_sha256": file_sha256(args.data),
         "model": str(model_dir.resolve()),
         "sam3_config": None if args.sam3_config is None else str(args.sam3_config.resolve()),
         "limit": args.limit,

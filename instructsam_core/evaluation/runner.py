@@ -15,7 +15,6 @@ with different settings is refused instead of mixing two runs in one file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -72,12 +71,6 @@ def device_for_shard(device: str, environ: dict | None = None) -> str:
     if device == "cuda" and "LOCAL_RANK" in environ:
         return f"cuda:{int(environ['LOCAL_RANK'])}"
     return device
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in blocks (hashlib.file_digest: no whole file in memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_run_config(out_dir: Path, config: dict) -> None:
