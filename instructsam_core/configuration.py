@@ -13,7 +13,13 @@ config.json of the models trained with it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import Qwen3VLConfig, Sam3Config
+
+from instructsam_core.errors import CheckpointError
+from instructsam_core.model_directory import check_model_sizes, check_sam3_sizes, read_json_object, translate_legacy
+from instructsam_core.sam3_config import published_sam3_config, resolve_sam3_config
 
 INSTANCE_SCORES = ("query", "query_x_mask", "semantic_x_mask", "semantic_x_mask_x_region")
 PHRASE_PROMPTS = ("ref_markers", "bare")
@@ -103,8 +109,6 @@ class InstructSamConfig(Qwen3VLConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.sam3_config is None:
-            from instructsam_core.sam3_config import published_sam3_config
-
             self.sam3_config = published_sam3_config()
         elif isinstance(self.sam3_config, dict):
             self.sam3_config = Sam3Config(**self.sam3_config)
@@ -131,9 +135,7 @@ class InstructSamConfig(Qwen3VLConfig):
 
     @classmethod
     def from_pretrained(cls, model_dir, sam3_config=None, **overrides) -> "InstructSamConfig":  # type: ignore[override]
-        """The checked config of a local model directory, SAM3's config resolved (model_directory.py)."""
-        from instructsam_core.model_directory import load_model_config
-
+        """The checked config of a local model directory, SAM3's config resolved (`load_model_config`)."""
         return load_model_config(model_dir, sam3_config, **overrides)[0]
 
     def to_dict(self) -> dict:
@@ -156,4 +158,30 @@ class InstructSamConfig(Qwen3VLConfig):
         return all(getattr(self, name) == value for name, value in RELEASE_BEHAVIOUR.items())
 
 
-__all__ = ["InstructSamConfig", "RELEASE_BEHAVIOUR", "INSTANCE_SCORES", "PHRASE_PROMPTS"]
+def load_model_config(
+    model_dir: str | Path, sam3_config_dir: str | Path | None = None, **overrides
+) -> tuple[InstructSamConfig, str]:
+    """(validated `InstructSamConfig`, where SAM3's architecture came from) of a model directory.
+
+    Nothing is built or fetched. `overrides` set config fields (e.g. the attention implementation).
+    """
+    model_dir = Path(model_dir)
+    where = str(model_dir / "config.json")
+    raw, legacy_sam3 = translate_legacy(read_json_object(model_dir / "config.json"))
+    check_model_sizes(raw, where)
+    if sam3_config_dir is None and legacy_sam3 is not None:
+        check_sam3_sizes(legacy_sam3, where)
+        sam3, source = Sam3Config(**legacy_sam3), f"the sam3_config inside {where} (earlier layout)"
+    else:
+        sam3, source = resolve_sam3_config(model_dir, raw.get("mask_decoder_model"), sam3_config_dir)
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "sam3_config")}
+    fields.update(overrides)
+    try:
+        config = InstructSamConfig(**fields, sam3_config=sam3, name_or_path=str(model_dir))
+    except (TypeError, ValueError, KeyError) as error:
+        hint = f" (SAM3 from {source}; --sam3-config DIR names another)" if "SAM3" in str(error) else ""
+        raise CheckpointError(f"{where}: {error}{hint}") from None
+    return config, source
+
+
+__all__ = ["InstructSamConfig", "load_model_config", "RELEASE_BEHAVIOUR", "INSTANCE_SCORES", "PHRASE_PROMPTS"]

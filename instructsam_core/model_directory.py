@@ -3,8 +3,8 @@
 A model directory is what the authors' `save_pretrained` writes (reference-design.md, "The released
 checkpoint as written"): a Qwen3-VL config.json with InstructSAM's fields, safetensors weights
 (one file or shards with an index), tokenizer files and preprocessor_config.json; SAM3's config
-comes from `sam3_config.resolve_sam3_config`. Everything a config asks for is checked against
-sane bounds first, so a bad file is a one-line error naming the field - never a model of random
+comes from `sam3_config.resolve_sam3_config`, and `configuration.load_model_config` puts the two
+together. Everything a config asks for is checked against sane bounds first, so a bad file is a one-line error naming the field - never a model of random
 size allocated until the kernel kills the process.
 
 Directories written by earlier versions of this project (`model_type: instructsam`, with the SAM3
@@ -139,35 +139,6 @@ def translate_legacy(raw: dict) -> tuple[dict, dict | None]:
     return out, raw.get("sam3_config")
 
 
-def load_model_config(model_dir: str | Path, sam3_config_dir: str | Path | None = None, **overrides):
-    """(validated `InstructSamConfig`, where SAM3's architecture came from) of a model directory.
-
-    Nothing is built or fetched. `overrides` set config fields (e.g. the attention implementation).
-    """
-    from transformers import Sam3Config
-
-    from instructsam_core.configuration import InstructSamConfig
-    from instructsam_core.sam3_config import resolve_sam3_config
-
-    model_dir = Path(model_dir)
-    where = str(model_dir / "config.json")
-    raw, legacy_sam3 = translate_legacy(read_json_object(model_dir / "config.json"))
-    check_model_sizes(raw, where)
-    if sam3_config_dir is None and legacy_sam3 is not None:
-        check_sam3_sizes(legacy_sam3, where)
-        sam3, source = Sam3Config(**legacy_sam3), f"the sam3_config inside {where} (earlier layout)"
-    else:
-        sam3, source = resolve_sam3_config(model_dir, raw.get("mask_decoder_model"), sam3_config_dir)
-    fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "sam3_config")}
-    fields.update(overrides)
-    try:
-        config = InstructSamConfig(**fields, sam3_config=sam3, name_or_path=str(model_dir))
-    except (TypeError, ValueError, KeyError) as error:
-        hint = f" (SAM3 from {source}; --sam3-config DIR names another)" if "SAM3" in str(error) else ""
-        raise CheckpointError(f"{where}: {error}{hint}") from None
-    return config, source
-
-
 def check_weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a model directory, each with a readable, complete header.
 
@@ -203,5 +174,5 @@ def check_weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-__all__ = ["load_model_config", "check_weight_files", "check_model_sizes", "check_sam3_sizes", "translate_legacy",
+__all__ = ["check_weight_files", "check_model_sizes", "check_sam3_sizes", "translate_legacy",
            "TOKEN_INDEX_FIELDS"]

@@ -27,9 +27,9 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLPreTrainedModel
 
 from instructsam_core.attention import hybrid_attention_mask, seg_runs
-from instructsam_core.configuration import InstructSamConfig
+from instructsam_core.configuration import InstructSamConfig, load_model_config
 from instructsam_core.errors import CheckpointError
-from instructsam_core.model_directory import check_weight_files, load_model_config
+from instructsam_core.model_directory import check_weight_files
 from instructsam_core.region_head import RegionScoreHead
 from instructsam_core.sam3_config import SAM3_SUBDIR, write_sam3_config_dir
 from instructsam_core.sam3_detector import UNUSED_SAM3_KEY_PATTERNS, DetectorOutput, GroundingModel, projector_mlp

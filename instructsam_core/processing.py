@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from instructsam_core import tokens as T
-from instructsam_core.configuration import InstructSamConfig
+from instructsam_core.configuration import InstructSamConfig, load_model_config
 from instructsam_core.errors import CheckpointError
 from instructsam_core.image_preprocessing import image_tensor, qwen_pixels, sam3_pixels
 from instructsam_core.images import as_rgb_array
@@ -105,8 +105,6 @@ class InstructSamProcessor:
         """Tokenizer and preprocessor settings from a local model directory (never downloads)."""
         model_dir = Path(model_dir)
         if config is None:
-            from instructsam_core.model_directory import load_model_config
-
             config, _ = load_model_config(model_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
