@@ -23,6 +23,9 @@ from instructsam_core.sam3_config import published_sam3_config, resolve_sam3_con
 
 INSTANCE_SCORES = ("query", "query_x_mask", "semantic_x_mask", "semantic_x_mask_x_region")
 PHRASE_PROMPTS = ("ref_markers", "bare")
+# inference_layout.py: "release" = the positions and masks of the release's inference (its
+# published numbers); "trained" = those of its training forward (what the weights learned).
+INFERENCE_LAYOUTS = ("release", "trained")
 # The authors' model class; written into `architectures` so their tooling recognises the directory.
 RELEASE_ARCHITECTURE = "InstructSAMForConditionalGeneration"
 
@@ -35,6 +38,7 @@ RELEASE_BEHAVIOUR: dict[str, object] = {
     "region_head": False,
     "instance_score": "query",
     "mask_nms_overlap": None,  # no NMS: every (phrase, query) above the threshold is kept
+    "inference_layout": "release",  # 1-D positions, bidirectional prompt, queries see mask_end
 }
 
 class InstructSamConfig(Qwen3VLConfig):
@@ -72,6 +76,14 @@ class InstructSamConfig(Qwen3VLConfig):
         SAM3's semantic map averaged over the instance's mask, times the mask's mean probability.
         "semantic_x_mask_x_region": that times the region head's sigmoid (needs region_head).
     mask_nms_overlap: None (the release) or a share in (0, 1) for greedy containment NMS per phrase.
+    inference_layout: positions and attention masks at inference (inference_layout.py). "release":
+        as the release's inference runs (1-D positions with the query block shifted by one, the
+        prompt prefilled bidirectionally, the queries also seeing `<|mask_end|>`), which its
+        published numbers were measured with. "trained": as its training forward (M-RoPE, causal
+        prompt, hybrid query block), which the weights were trained with; models trained here
+        record it. A config.json without the field is the release's; one written by this project
+        before the field existed is "trained" (model_directory.translate_legacy).
+        The training forward (`model.train()`) always uses "trained", as the release's does.
     """
 
     model_type = "qwen3_vl"
@@ -105,6 +117,7 @@ class InstructSamConfig(Qwen3VLConfig):
     region_head: bool = False
     instance_score: str = "query"
     mask_nms_overlap: float | None = None
+    inference_layout: str = "release"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -116,6 +129,10 @@ class InstructSamConfig(Qwen3VLConfig):
             raise ValueError(f"instance_score must be one of {', '.join(INSTANCE_SCORES)}, got {self.instance_score!r}")
         if self.phrase_prompt not in PHRASE_PROMPTS:
             raise ValueError(f"phrase_prompt must be one of {', '.join(PHRASE_PROMPTS)}, got {self.phrase_prompt!r}")
+        if self.inference_layout not in INFERENCE_LAYOUTS:
+            raise ValueError(
+                f"inference_layout must be one of {', '.join(INFERENCE_LAYOUTS)}, got {self.inference_layout!r}"
+            )
         if self.instance_score == "semantic_x_mask_x_region" and not self.region_head:
             raise ValueError("instance_score semantic_x_mask_x_region needs region_head: true")
         if self.presence_head and not self.presence_token:
@@ -184,4 +201,5 @@ def load_model_config(
     return config, source
 
 
-__all__ = ["InstructSamConfig", "load_model_config", "RELEASE_BEHAVIOUR", "INSTANCE_SCORES", "PHRASE_PROMPTS"]
+__all__ = ["InstructSamConfig", "load_model_config", "RELEASE_BEHAVIOUR", "INSTANCE_SCORES", "PHRASE_PROMPTS",
+           "INFERENCE_LAYOUTS"]

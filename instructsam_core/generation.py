@@ -1,9 +1,12 @@
 """Greedy decoding in which every generated `<|object_ref_end|>` opens a query block.
 
 When the model emits `<|object_ref_end|>`, the next step feeds the whole 13-token block
-(ref_end, mask_start, Q x [SEG], mask_end) at once under the hybrid mask and keeps the Q query
-states; the KV cache advances by the block's full length (the release advanced it by 10, a bug
-the reference design fixes). Decoding then continues from the block's last token.
+(ref_end, mask_start, Q x [SEG], mask_end) at once and keeps the Q query states; decoding then
+continues from the block's last token. Positions and masks of the prefill and of every step
+come from the config's inference layout (inference_layout.py). The release advanced its cache
+position by 10 instead of 13 after a block; with its 1-D positions counted from the attention
+mask and a cache that grows by what is fed, that number changed nothing it computed, so the
+cache here simply holds every token fed.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 import torch
 from transformers.cache_utils import DynamicCache
 
+from instructsam_core.inference_layout import sequence_inputs, step_inputs
 from instructsam_core.modeling import InstructSamForSegmentation
 
 
@@ -55,10 +59,14 @@ def generate_queries(
 
     result = GenerationResult()
     clock = _Clock(input_ids.device)
+    layout = config.inference_layout
     embeds, visual_mask, deepstack = model.embed_tokens(input_ids, pixel_values, image_grid_thw)
-    positions, delta = model.position_ids(input_ids, mm_token_type_ids, image_grid_thw, None)
+    prompt_length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+    positions, mask, deltas = sequence_inputs(
+        model, input_ids, None, image_grid_thw, mm_token_type_ids, prompt_length, layout
+    )
     cache = DynamicCache(config=config.text_config)
-    hidden = model.run_language_model(embeds, input_ids, positions, None, cache, visual_mask, deepstack)
+    hidden = model.run_language_model(embeds, positions, mask, cache, visual_mask, deepstack)
     result.prefill_seconds = clock.lap()
 
     states: list[torch.Tensor] = []
@@ -73,10 +81,9 @@ def generate_queries(
         if token in stop:
             break
         ids = torch.tensor([step], dtype=torch.long, device=input_ids.device)
-        past = cache.get_seq_length()
-        step_positions = (torch.arange(past, past + len(step), device=ids.device) + delta[0]).view(1, 1, -1).expand(3, 1, -1)
+        step_positions, step_mask = step_inputs(ids, seg, cache.get_seq_length(), deltas, layout)
         step_embeds, _, _ = model.embed_tokens(ids)
-        hidden = model.run_language_model(step_embeds, ids, step_positions, None, cache)
+        hidden = model.run_language_model(step_embeds, step_positions, step_mask, cache)
         result.step_seconds.append((len(step), clock.lap()))
         if len(step) > 1:
             states.append(hidden[0, 2 : 2 + config.max_seg_nums])

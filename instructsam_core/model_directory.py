@@ -129,13 +129,19 @@ def translate_legacy(raw: dict) -> tuple[dict, dict | None]:
     """An earlier config.json of this project -> the release's fields, plus its inline SAM3 config.
 
     Those models were trained with the presence token in SAM3's decoder and bare phrase prompts.
+    Every model this project wrote before `inference_layout` existed was trained and run in the
+    "trained" layout; the release writes none of this project's fields (`max_phrase_tokens` is
+    always written here), so such a config.json is told from a release one by that field.
     """
     if raw.get("model_type") != LEGACY_MODEL_TYPE:
+        if "max_phrase_tokens" in raw and "inference_layout" not in raw:
+            raw = {**raw, "inference_layout": "trained"}
         return raw, None
     out = {_LEGACY_FIELDS.get(key, key): value for key, value in raw.items() if key != "sam3_config"}
     out["model_type"] = "qwen3_vl"
     out.setdefault("presence_token", True)
     out.setdefault("phrase_prompt", "bare")
+    out.setdefault("inference_layout", "trained")
     return out, raw.get("sam3_config")
 
 

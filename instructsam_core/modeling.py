@@ -2,7 +2,8 @@
 
 Data path of one forward pass (reference-design.md, "Model"):
   tokens + image -> input embeddings, with the k-th `[SEG]` of every query block replaced by
-  bank row k -> Qwen3-VL language model under the hybrid attention mask -> final-layer states
+  bank row k -> Qwen3-VL language model with the positions and attention mask of the config's
+  inference layout (inference_layout.py; training: the trained layout) -> final-layer states
   at the `[SEG]` positions [P, Q, H] -> query projector -> SAM3 object queries; the phrase's
   input embeddings -> phrase projector -> SAM3 prompt tokens; SAM3 image features (once per
   image) -> DETR encoder/decoder, score head, mask head -> masks [P, Q, h, w] and scores [P, Q].
@@ -26,9 +27,10 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLPreTrainedModel
 
-from instructsam_core.attention import hybrid_attention_mask, seg_runs
+from instructsam_core.attention import seg_runs
 from instructsam_core.configuration import InstructSamConfig, load_model_config
 from instructsam_core.errors import CheckpointError
+from instructsam_core.inference_layout import TRAINED, sequence_inputs
 from instructsam_core.model_directory import check_weight_files
 from instructsam_core.region_head import RegionScoreHead
 from instructsam_core.sam3_config import SAM3_SUBDIR, write_sam3_config_dir
@@ -206,19 +208,17 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
     def run_language_model(
         self,
         inputs_embeds: torch.Tensor,
-        input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor,
         cache: Cache | None = None,
         visual_pos_masks: torch.Tensor | None = None,
         deepstack_visual_embeds: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Final-layer (normed) hidden states under the hybrid attention mask."""
-        past = cache.get_seq_length() if cache is not None else 0
-        mask = hybrid_attention_mask(input_ids, self._token_id("seg"), padding_mask, past_length=past)
+        """Final-layer (normed) hidden states for the given positions [3, B, L] and boolean mask
+        [B, 1, L, past + L] (inference_layout.py builds both)."""
         out = self.model.language_model(
             inputs_embeds=inputs_embeds,
-            attention_mask=mask,
+            attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=cache is not None,
@@ -322,20 +322,24 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         mm_token_type_ids: torch.Tensor | None = None,
         sam_pixel_values: torch.Tensor | None = None,
         compute_logits: bool = True,
+        prompt_lengths: torch.Tensor | None = None,
         **_: object,
     ) -> InstructSamOutput:
         """One pass over complete sequences (training, and the single-forward inference path).
 
         Row b of the batch belongs to image b (`sam_pixel_values[b]`). Every query block in
         `input_ids` yields Q instances; `labels` are handled by the training loss, not here.
+        In training mode the layout is the trained one (the release trains so); at inference the
+        config's `inference_layout`, whose "release" needs `prompt_lengths` [B] (the processor's).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds, visual_mask, deepstack = self.embed_tokens(input_ids, pixel_values, image_grid_thw)
-        positions, _ = self.position_ids(input_ids, mm_token_type_ids, image_grid_thw, attention_mask)
-        hidden = self.run_language_model(
-            embeds, input_ids, positions, attention_mask, None, visual_mask, deepstack
+        layout = TRAINED if self.training else self.config.inference_layout
+        positions, mask, _ = sequence_inputs(
+            self, input_ids, attention_mask, image_grid_thw, mm_token_type_ids, prompt_lengths, layout
         )
+        hidden = self.run_language_model(embeds, positions, mask, None, visual_mask, deepstack)
         output = InstructSamOutput()
         if compute_logits:
             output.logits = self.lm_head(hidden)

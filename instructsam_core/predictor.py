@@ -6,6 +6,8 @@ Two paths behind one API:
   * single forward: when the phrases are known (given by the caller, cached from the previous
     frame of a stream, or the instruction is itself a bare phrase) the whole answer layout is
     prefilled in one pass - no token-by-token loop. This is the ROS node's per-frame path.
+Both use the model config's inference layout (inference_layout.py), which `inference_layout`
+overrides at load time: the same positions and masks step by step or in one pass.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from instructsam_core import tokens as T
 from instructsam_core.tokens import check_instruction
-from instructsam_core.configuration import INSTANCE_SCORES
+from instructsam_core.configuration import INFERENCE_LAYOUTS, INSTANCE_SCORES
 from instructsam_core.errors import UserError
 from instructsam_core.generation import generate_queries
 from instructsam_core.images import as_rgb_array
@@ -157,13 +159,19 @@ class Predictor:
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         sam3_config: str | Path | None = None,
+        inference_layout: str | None = None,
         **kwargs,
     ) -> "Predictor":
         """Load `model_dir` (or `default`, the embedded model) onto `device`; `sam3_config` names a
-        SAM3 config directory that overrides where SAM3's architecture comes from (sam3_config.py)."""
+        SAM3 config directory that overrides where SAM3's architecture comes from (sam3_config.py);
+        `inference_layout` ("release" or "trained") overrides the config's (None: keep it)."""
+        if inference_layout is not None and inference_layout not in INFERENCE_LAYOUTS:
+            raise UserError(f"unknown inference layout {inference_layout!r}; choose one of {', '.join(INFERENCE_LAYOUTS)}")
         path = resolve_model_dir(model_dir)
         device = check_device(device)
         model = InstructSamForSegmentation.from_pretrained(path, dtype=pick_dtype(device, dtype), sam3_config=sam3_config)
+        if inference_layout is not None:
+            model.config.inference_layout = inference_layout
         processor = InstructSamProcessor.from_pretrained(path, model.config)
         return cls(model.to(device), processor, **kwargs)
 

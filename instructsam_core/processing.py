@@ -205,6 +205,8 @@ class InstructSamProcessor:
         Without either, the sequence ends at the assistant prompt (generation).
         Rows are right-padded; `labels` are IGNORE_INDEX outside the answers, at every `[SEG]`
         and at the token after each `[SEG]` (the model does not predict its own queries).
+        `prompt_lengths` [B] say where each row's answer starts (the release's inference layout
+        prefills the prompt bidirectionally, inference_layout.py).
         """
         if len(images) != len(instructions):
             raise ValueError("one instruction per image")
@@ -214,11 +216,12 @@ class InstructSamProcessor:
         batch = self.pixels(arrays, device)
         grid = batch["image_grid_thw"].tolist()
         merge = self.merge_size**2
-        rows, label_rows = [], []
+        rows, label_rows, prompt_lengths = [], [], []
         for b, instruction in enumerate(instructions):
             prompt = self.prompt_ids(instruction, grid[b][0] * grid[b][1] * grid[b][2] // merge)
             answer = self.answer_ids(answers[b]) if answers is not None and answers[b] is not None else []
             rows.append(prompt + answer)
+            prompt_lengths.append(len(prompt))
             label_rows.append([IGNORE_INDEX] * len(prompt) + self._labels(answer))
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
@@ -232,6 +235,7 @@ class InstructSamProcessor:
             "input_ids": input_ids.to(device),
             "attention_mask": attention_mask.to(device),
             "mm_token_type_ids": (input_ids == self.token_ids[T.IMAGE_PAD]).int().to(device),
+            "prompt_lengths": torch.tensor(prompt_lengths, dtype=torch.long, device=device),
             "image_sizes": torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long),
         })
         if answers is not None:

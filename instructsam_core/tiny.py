@@ -153,6 +153,8 @@ def tiny_config(
         out_dim=sam_hidden,
         max_seg_nums=num_queries,
         tie_word_embeddings=True,
+        # A model of this project: trained (and so run) in the training forward's layout.
+        inference_layout="trained",
         **ids,
     )
 

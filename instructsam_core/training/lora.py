@@ -51,6 +51,7 @@ def merge_adapter(
     except (ValueError, TypeError, OSError) as error:
         raise UserError(f"{adapter / ADAPTER_CONFIG} is not a LoRA config: {error}") from None
     model = InstructSamForSegmentation.from_pretrained(base, dtype=torch.float32, sam3_config=sam3_config)
+    model.config.inference_layout = "trained"  # the adapter was trained in the training forward's layout
     model_setup.expose_input_embeddings(model)
     peft_model = get_peft_model(model, config)
     state = load_file(str(adapter / ADAPTER_WEIGHTS))

@@ -247,6 +247,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         init_dir = model_setup.init_model_dir(recipe, self.output, False)
         model = InstructSamForSegmentation.from_pretrained(init_dir, dtype=torch.float32)
+        model.config.inference_layout = "trained"  # trained by the training forward's layout: saved so
         processor = InstructSamProcessor.from_pretrained(init_dir, model.config)
         mask_size = mask_grid_size(model.config)
         lora = recipe["trainable"]["lora"]
