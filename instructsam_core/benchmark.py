@@ -9,39 +9,57 @@ Flows compared (same image, instruction and phrase):
     is the sum of those measured stages; on one device it does the same work as `generation`,
     so it serves as the baseline the other two are read against.
 The ratio single_forward / generation is the per-frame gain of the ROS node's streaming path.
+Stages are timed in the model's own inference layout; the flows in both layouts
+(inference_layout.py), which differ only in the positions and masks they build.
 """
 from __future__ import annotations
 
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from instructsam_core import tokens as T
+from instructsam_core.configuration import INFERENCE_LAYOUTS
 from instructsam_core.generation import generate_queries
+from instructsam_core.inference_layout import sequence_inputs
 from instructsam_core.predictor import Predictor
 
 
 @dataclass
 class BenchReport:
     stages: dict[str, float] = field(default_factory=dict)  # median seconds
-    flows: dict[str, float] = field(default_factory=dict)
+    flows: dict[str, dict[str, float]] = field(default_factory=dict)  # layout -> flow -> median seconds
     info: dict[str, str] = field(default_factory=dict)
 
     def format(self) -> str:
         lines = ["InstructSAM inference benchmark"]
         lines += [f"  {key}: {value}" for key, value in self.info.items()]
-        lines.append("  stage medians:")
+        lines.append(f"  stage medians ({self.info.get('inference layout', '?')} layout):")
         lines += [f"    {name:<28} {1000 * value:10.2f} ms" for name, value in self.stages.items()]
-        lines.append("  flow medians (end to end, one image, one phrase):")
-        lines += [f"    {name:<28} {1000 * value:10.2f} ms" for name, value in self.flows.items()]
-        if self.flows.get("generation"):
-            ratio = self.flows["single_forward"] / self.flows["generation"]
-            lines.append(f"  ratio single_forward / generation: {ratio:.3f} ({1 / ratio:.2f}x faster per frame)")
+        lines.append("  flow medians (end to end, one image, one phrase), per inference layout:")
+        for layout, flows in self.flows.items():
+            lines += [f"    {f'{name} ({layout})':<28} {1000 * value:10.2f} ms" for name, value in flows.items()]
+        for layout, flows in self.flows.items():
+            ratio = flows["single_forward"] / flows["generation"]
+            lines.append(f"  ratio single_forward / generation ({layout}): {ratio:.3f} "
+                         f"({1 / ratio:.2f}x faster per frame)")
         return "\n".join(lines)
+
+
+@contextmanager
+def _layout(model, layout: str):
+    """Run with `layout` as the model's inference layout, then restore the model's own."""
+    own = model.config.inference_layout
+    model.config.inference_layout = layout
+    try:
+        yield
+    finally:
+        model.config.inference_layout = own
 
 
 def _median_time(fn, repeats: int, device: torch.device) -> float:
@@ -86,8 +104,10 @@ def run_benchmark(
     def prefill(batch):
         embeds, visual, deep = model.embed_tokens(batch["input_ids"], batch["pixel_values"].to(model.dtype),
                                                   batch["image_grid_thw"])
-        positions, _ = model.position_ids(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], None)
-        return model.run_language_model(embeds, batch["input_ids"], positions, None, None, visual, deep)
+        positions, attention, _ = sequence_inputs(model, batch["input_ids"], None, batch["image_grid_thw"],
+                                                  batch["mm_token_type_ids"], batch["prompt_lengths"],
+                                                  model.config.inference_layout)
+        return model.run_language_model(embeds, positions, attention, None, visual, deep)
 
     def generation_vlm():
         return generate_queries(model, prompt["input_ids"], pixel_values, prompt["image_grid_thw"],
@@ -127,7 +147,7 @@ def run_benchmark(
         "single_forward": lambda: predictor.predict(image, instruction, phrases=[phrase]),
         "generation": generation_flow,
     }
-    for fn in list(stages_fns.values()) + list(flows_fns.values()):
+    for fn in stages_fns.values():
         for _ in range(warmup):
             fn()
     report = BenchReport()
@@ -140,14 +160,28 @@ def run_benchmark(
     blocks = [sec for run in steps for n, sec in run if n > 1]
     report.stages["vlm_per_generated_token"] = statistics.median(singles) if singles else float("nan")
     report.stages["vlm_query_block_step"] = statistics.median(blocks) if blocks else float("nan")
-    for name, fn in flows_fns.items():
-        report.flows[name] = _median_time(fn, repeats, device)
-        log(f"  measured flow {name}: {1000 * report.flows[name]:.2f} ms", flush=True)
-    # The release's flow: generation, then SAM3 image encoding + decode strictly afterwards and
-    # the output upsampled by the same post-processing; on one device this is the stage sum.
-    report.flows["release_flow"] = (report.stages["preprocess"] + report.stages["generation_all_steps"]
-                                    + report.stages["sam3_image_encoder"]
-                                    + report.stages["sam3_decoder_and_mask_head"] + report.stages["postprocess"])
+    # Both layouts take turns within every repeat, so drift of a shared machine hits them alike.
+    own_layout = model.config.inference_layout
+    timed = {**flows_fns, "generation_vlm": generation_vlm}
+    samples: dict[tuple[str, str], list[float]] = {(layout, name): [] for layout in INFERENCE_LAYOUTS for name in timed}
+    for layout in INFERENCE_LAYOUTS:
+        with _layout(model, layout):
+            for fn in timed.values():
+                for _ in range(warmup):
+                    fn()
+    for _ in range(repeats):
+        for layout in INFERENCE_LAYOUTS:
+            with _layout(model, layout):
+                for name, fn in timed.items():
+                    samples[layout, name].append(_median_time(fn, 1, device))
+    for layout in INFERENCE_LAYOUTS:
+        flows = report.flows[layout] = {name: statistics.median(samples[layout, name]) for name in flows_fns}
+        # The release's flow: generation, then SAM3 image encoding + decode strictly afterwards
+        # and the same post-processing; on one device this is the stage sum.
+        flows["release_flow"] = (report.stages["preprocess"] + statistics.median(samples[layout, "generation_vlm"])
+                                 + report.stages["sam3_image_encoder"] + report.stages["sam3_decoder_and_mask_head"]
+                                 + report.stages["postprocess"])
+        log(f"  measured flows ({layout}): " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in flows.items()), flush=True)
     report.info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "dtype": str(model.dtype).replace("torch.", ""),
@@ -156,6 +190,7 @@ def run_benchmark(
         "vlm prompt tokens": str(prompt["input_ids"].shape[1]),
         "sam3 input": f"{processor.sam_image_size}x{processor.sam_image_size}",
         "generated tokens": str(generated_steps),
+        "inference layout": own_layout,
         "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M",
         "repeats": str(repeats),
         "torch": torch.__version__,

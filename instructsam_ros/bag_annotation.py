@@ -93,6 +93,7 @@ class AnnotateOptions:
     dtype: str | None = None
     threshold: float = 0.3
     max_instances: int = 100
+    inference_layout: str | None = None  # "release" / "trained"; None: the model config's
     start: float | None = None
     end: float | None = None
     every: int = 1
@@ -482,6 +483,7 @@ def fingerprint(options: AnnotateOptions, model_dir: Path) -> dict:
         "dtype": options.dtype,
         "threshold": options.threshold,
         "max_instances": options.max_instances,
+        "inference_layout": options.inference_layout,
         "start": options.start,
         "end": options.end,
         "every": options.every,

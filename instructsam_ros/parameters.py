@@ -30,6 +30,7 @@ ACTIVATE = "activate"  # the next activation (deactivate, activate) or configure
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+INFERENCE_LAYOUTS = ("release", "trained")  # instructsam_core.configuration.INFERENCE_LAYOUTS
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -63,6 +64,10 @@ def _device(value: Any) -> str | None:
     return None if _DEVICE_RE.match(value) else "must be auto, cpu, mps, cuda or cuda:N"
 
 
+def _inference_layout(value: Any) -> str | None:
+    return None if value in ("", *INFERENCE_LAYOUTS) else "must be release, trained, or empty (the model's config.json)"
+
+
 def _nonempty(value: Any) -> str | None:
     return None if value.strip() else "must not be empty"
 
@@ -89,6 +94,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("sam3_config", "", "directory with SAM3's config.json (sam3 or sam3_video); overrides where SAM3's "
                   "architecture comes from (empty: the model's mask_decoder_model, its sam3/ copy, else the published sizes)",
                   CONFIGURE),
+    ParameterSpec("inference_layout", "", "positions and attention masks at inference: release (as the authors' inference "
+                  "runs, what their published numbers were measured with), trained (as the weights were trained: M-RoPE, "
+                  "causal prompt); empty: the model's config.json (release checkpoints: release; models trained here: trained)",
+                  CONFIGURE, _inference_layout),
     ParameterSpec("device", "auto", "auto (cuda when available), cpu, cuda, cuda:N or mps", CONFIGURE, _device),
     ParameterSpec("dtype", "auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16", CONFIGURE, _choice(DTYPE_CHOICES)),
     ParameterSpec("warmup", True, "run one inference on configure so the first frame is not slow", CONFIGURE),

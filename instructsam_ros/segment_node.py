@@ -313,7 +313,7 @@ class SegmentNode(LifecycleNode):
         start = time.perf_counter()
         try:
             segmenter, warmup_s = load_segmenter(s["model"], s["device"], s["dtype"], float(s["threshold"]), bool(s["warmup"]),
-                                                 s["sam3_config"])
+                                                 s["sam3_config"], s["inference_layout"])
         except DeviceUnavailableError as error:
             self._configure_error = f"{error}; fix the 'device' parameter (e.g. auto or cpu)"
             self.stats.last_problem = self._configure_error

@@ -354,10 +354,12 @@ def resolve_device(device: str) -> str:
 
 
 def load_segmenter(
-    model: str, device: str, dtype: str, threshold: float, warmup: bool, sam3_config: str = ""
+    model: str, device: str, dtype: str, threshold: float, warmup: bool, sam3_config: str = "",
+    inference_layout: str = "",
 ) -> tuple[Segmenter, float]:
     """Load the predictor (UserError for a bad model directory) and optionally warm it up;
-    `sam3_config` (a directory, or empty) overrides where SAM3's architecture comes from."""
+    `sam3_config` (a directory, or empty) overrides where SAM3's architecture comes from,
+    `inference_layout` ("release", "trained", or empty) the config's inference layout."""
     import torch
 
     from instructsam_core.predictor import Predictor
@@ -367,7 +369,7 @@ def load_segmenter(
     # max_instances is applied per frame by the node (a live parameter), so load with the
     # largest value the parameter allows.
     predictor = Predictor.from_pretrained(model, device=resolved, dtype=torch_dtype, threshold=threshold, max_instances=1000,
-                                          sam3_config=sam3_config or None)
+                                          sam3_config=sam3_config or None, inference_layout=inference_layout or None)
     segmenter = Segmenter(predictor, resolved)
     warmup_s = segmenter.warm_up() if warmup else 0.0
     return segmenter, warmup_s

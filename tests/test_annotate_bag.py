@@ -143,6 +143,17 @@ def test_a_single_mcap_file_and_fixed_phrases(tmp_path, tiny_model_dir, tiny_pre
                         overlay=False)
 
 
+def test_the_inference_layout_option_reaches_every_frame(tmp_path, tiny_model_dir):
+    bag = tmp_path / "in"
+    recorded = write_bag(bag, "mcap", {"/cam/image": "raw"}, frames=2)
+    out = tmp_path / "out"
+    assert annotate("--bag", bag, "--topics", "/cam/image", "--instruction", "find the shapes", "--phrases",
+                    "red circles", "--out", out, "--model", tiny_model_dir, "--inference-layout", "release",
+                    "--threshold", "0", "--batch-size", 2) == 0
+    release = Predictor.from_pretrained(tiny_model_dir, threshold=0.0, inference_layout="release")
+    check_annotated_bag(bag, out, recorded, release, "find the shapes", ["red circles"], overlay=False)
+
+
 def test_default_model_on_both_paths_matches_predict(tmp_path):
     """The embedded default model: a bare phrase of an object in the scene (single forward) and
     a reasoning question (generation on every frame)."""

@@ -45,6 +45,18 @@ def test_tiny_then_predict_writes_instances_and_overlay(tmp_path, picture, capsy
     assert "red circles" in capsys.readouterr().out
 
 
+def test_inference_layout_option_overrides_the_models_own(tmp_path, picture, tiny_model_dir, capsys):
+    scores = {}
+    for layout in (None, "release", "trained"):
+        out = tmp_path / str(layout)
+        extra = [] if layout is None else ["--inference-layout", layout]
+        assert main(["predict", "--model", str(tiny_model_dir), "--image", str(picture), "--instruction", "red circles",
+                     "--out", str(out), "--threshold", "0.0", *extra]) == 0
+        assert f"inference layout: {layout or 'trained'}" in capsys.readouterr().out  # written here: trained
+        scores[layout] = [r["score"] for r in json.loads((out / "instances.json").read_text())]
+    assert scores[None] == scores["trained"] != scores["release"]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -242,6 +242,18 @@ def test_resume_with_other_settings_is_refused(workspace, reference_run, capsys)
     assert "different settings (limit)" in capsys.readouterr().err
 
 
+def test_the_inference_layout_is_a_setting_of_the_run(workspace, reference_run, tmp_path, capsys):
+    assert json.loads((reference_run / "run.json").read_text())["inference_layout"] is None  # the model's own
+    assert cli_main(_model_args(workspace, reference_run, "--inference-layout", "trained")) == 2
+    assert "different settings (inference_layout)" in capsys.readouterr().err
+    out = tmp_path / "release"
+    assert cli_main(_model_args(workspace, out, "--inference-layout", "release")) == 0
+    assert json.loads((out / "run.json").read_text())["inference_layout"] == "release"
+    scores = [[json.loads(line)["score"] for line in _lines(run / "predictions.jsonl") if '"score"' in line]
+              for run in (reference_run, out)]
+    assert len(scores[0]) == len(scores[1]) and scores[0] != scores[1]  # the tiny model was written "trained"
+
+
 def test_bad_cli_input_is_one_line_errors(workspace, tmp_path, capsys):
     base = ["eval", "--suite", "inst2seg", "--data", str(workspace / "data" / "inst2seg.json"), "--out", str(tmp_path / "o")]
     assert cli_main([*base, "--model", str(workspace / "model")]) == 2  # no --images

@@ -123,6 +123,13 @@ def test_the_hand_written_answers_are_the_processors(release_model):
         assert processor.answer_ids(T.answer_for_phrases(phrases, QUERIES)) == answer_ids(phrases), count
 
 
+def test_the_cli_knows_the_configs_layouts_without_importing_torch():
+    from instructsam_core import commands
+    from instructsam_core.configuration import INFERENCE_LAYOUTS
+
+    assert commands.INFERENCE_LAYOUTS == INFERENCE_LAYOUTS
+
+
 def test_a_release_checkpoint_runs_release_exact_and_models_written_here_record_their_layout(
         release_model, tiny_model_dir):
     model, _ = release_model

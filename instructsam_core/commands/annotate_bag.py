@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from instructsam_core.commands import add_inference_layout_argument
 from instructsam_core.errors import UserError
 
 
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold in [0, 1]")
     parser.add_argument("--max-instances", type=int, default=100)
+    add_inference_layout_argument(parser)
     parser.add_argument("--start", type=float, default=None, help="seconds from the bag's start (first frame kept)")
     parser.add_argument("--end", type=float, default=None, help="seconds from the bag's start (frames before it)")
     parser.add_argument("--every", type=int, default=1, help="annotate every N-th frame of each topic")
@@ -65,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     options = AnnotateOptions(
         bag=args.bag, out=args.out, topics=list(args.topics), instruction=check_instruction(args.instruction),
         phrases=args.phrases, model=args.model, device=args.device, dtype=args.dtype, threshold=args.threshold,
-        max_instances=args.max_instances, start=args.start, end=args.end, every=args.every,
-        batch_size=args.batch_size, overlay=args.overlay, storage=args.storage, overwrite=args.overwrite,
+        max_instances=args.max_instances, inference_layout=args.inference_layout, start=args.start, end=args.end,
+        every=args.every, batch_size=args.batch_size, overlay=args.overlay, storage=args.storage, overwrite=args.overwrite,
         max_pixels=args.max_pixels, progress=not args.no_progress,
         threads={"auto": None, "on": True, "off": False}[args.io_threads],
     )
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         from instructsam_core.predictor import Predictor  # the loading `instructsam predict` uses
 
         return Predictor.from_pretrained(options.model, device=options.device, dtype=options.dtype,
-                                         threshold=options.threshold, max_instances=options.max_instances)
+                                         threshold=options.threshold, max_instances=options.max_instances,
+                                         inference_layout=options.inference_layout)
 
     try:
         summary = annotate_bag(options, load_predictor)

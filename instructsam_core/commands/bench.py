@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from instructsam_core.commands import add_sam3_config_argument
+from instructsam_core.commands import add_inference_layout_argument, add_sam3_config_argument
 from instructsam_core.errors import UserError
 
 MAX_PIXELS_LIMIT = 1 << 30  # the bound a model directory's preprocessor_config.json may give
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model directory or 'default'")
     add_sam3_config_argument(parser)
+    add_inference_layout_argument(parser)
     source.add_argument("--config", choices=["tiny", "full"], help="random-init architecture: tiny, or the real 2B size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(model.eval(), processor)
     if args.max_pixels:
         predictor.processor.max_pixels = args.max_pixels
+    if args.inference_layout:  # the stages' layout; the flows are timed in both
+        predictor.model.config.inference_layout = args.inference_layout
     report = run_benchmark(predictor, args.width, args.height, repeats=args.repeats, warmup=args.warmup,
                            verbose=args.config == "full" or args.device != "cpu")
     print(report.format())

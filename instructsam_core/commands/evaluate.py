@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from instructsam_core.commands import add_sam3_config_argument
+from instructsam_core.commands import add_inference_layout_argument, add_sam3_config_argument
 from instructsam_core.errors import UserError
 
 
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--model", help="model directory, or 'default' for the embedded model")
     mode.add_argument("--predictions", type=Path, help="score this predictions.jsonl instead of running a model")
     add_sam3_config_argument(parser)
+    add_inference_layout_argument(parser)
     mode.add_argument("--merge", action="store_true", help="merge the shard files in --out and score them")
     parser.add_argument("--limit", type=int, help="only the first N records")
     parser.add_argument("--threshold", type=float, help="score threshold (default: the suite's, 0.3 or 0.5)")
@@ -167,6 +168,7 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
         "data_sha256": file_sha256(args.data),
         "model": str(model_dir.resolve()),
         "sam3_config": None if args.sam3_config is None else str(args.sam3_config.resolve()),
+        "inference_layout": args.inference_layout,  # None: the model's own
         "limit": args.limit,
         "skip_bad": bool(args.skip_bad),
         "phrase_mode": args.phrase_mode,
@@ -186,7 +188,7 @@ def _run_model(args: argparse.Namespace, data, shard) -> bool:
     device = device_for_shard(args.device)
     predictor = Predictor.from_pretrained(
         model_dir, device=device, dtype=args.dtype, threshold=0.0, max_instances=args.max_instances,
-        sam3_config=args.sam3_config,
+        sam3_config=args.sam3_config, inference_layout=args.inference_layout,
         max_new_tokens=args.max_new_tokens,
         auto_phrase=args.phrase_mode == "auto",
     )

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from instructsam_core.commands import add_sam3_config_argument
+from instructsam_core.commands import add_inference_layout_argument, add_sam3_config_argument
 from instructsam_core.errors import UserError
 from instructsam_core.tokens import check_instruction
 
@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     add_sam3_config_argument(parser)
+    add_inference_layout_argument(parser)
     parser.add_argument("--phrases", nargs="+", default=None,
                         help="target phrases: skip decoding and run the single-forward path")
     parser.set_defaults(func=run)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, threshold=args.threshold, max_instances=args.max_instances,
-        sam3_config=args.sam3_config,
+        sam3_config=args.sam3_config, inference_layout=args.inference_layout,
     )
     prediction = predictor.predict(image, instruction, phrases=args.phrases)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     save_png(args.out / "overlay.png", draw_overlay(image, prediction.instances))
     height, width = prediction.image_size
     print(f"{len(records)} instance(s) for {prediction.instruction!r} on a {width}x{height} image; "
-          f"phrases: {', '.join(prediction.phrases) or '(none)'}")
+          f"phrases: {', '.join(prediction.phrases) or '(none)'}; "
+          f"inference layout: {predictor.model.config.inference_layout}")
     for record in records:
         x, y, w, h = record["bbox"]
         print(f"  {record['phrase']:<30} score {record['score']:.3f}  box x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}  area {record['area']}")

@@ -138,6 +138,23 @@ def test_sam3_config_parameter_overrides_where_sam3_comes_from(tmp_path):
     assert result.prediction.phrases == ["red circle"] and len(result.prediction.instances) == 10
 
 
+def test_inference_layout_parameter_overrides_the_models_own(tiny_model_dir):
+    from instructsam_core.configuration import INFERENCE_LAYOUTS
+    from instructsam_ros.parameters import INFERENCE_LAYOUTS as ROS_LAYOUTS, validate
+
+    assert ROS_LAYOUTS == INFERENCE_LAYOUTS
+
+    own, _ = load_segmenter(str(tiny_model_dir), "cpu", "auto", 0.0, warmup=False, inference_layout="")
+    release, _ = load_segmenter(str(tiny_model_dir), "cpu", "auto", 0.0, warmup=False, inference_layout="release")
+    assert own.predictor.model.config.inference_layout == "trained"  # a model written here
+    assert release.predictor.model.config.inference_layout == "release"
+    scores = [[i.score for i in seg.segment_stream(frame(), "red circle", 1, [], threshold=0.0,
+                                                    max_instances=100).prediction.instances] for seg in (own, release)]
+    assert len(scores[0]) == len(scores[1]) == 10 and scores[0] != scores[1]
+    assert validate("inference_layout", "paper") == "inference_layout must be release, trained, or empty (the model's config.json)"
+    assert validate("inference_layout", "") is None
+
+
 # ----------------------------------------------------------------------------- several cameras
 def camera_request(image, instruction, instruction_id=1, fixed=(), admit=None):
     from instructsam_ros.segmenter import PhraseCache, StreamRequest
