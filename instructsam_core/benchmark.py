@@ -181,7 +181,8 @@ def run_benchmark(
         flows["release_flow"] = (report.stages["preprocess"] + statistics.median(samples[layout, "generation_vlm"])
                                  + report.stages["sam3_image_encoder"] + report.stages["sam3_decoder_and_mask_head"]
                                  + report.stages["postprocess"])
-        log(f"  measured flows ({layout}): " + ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in flows.items()), flush=True)
+        figures = ", ".join(f"{name} {1000 * value:.2f} ms" for name, value in flows.items())
+        log(f"  measured flows ({layout}): {figures}", flush=True)
     report.info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "dtype": str(model.dtype).replace("torch.", ""),

@@ -4,8 +4,9 @@ A model directory is what the authors' `save_pretrained` writes (reference-desig
 checkpoint as written"): a Qwen3-VL config.json with InstructSAM's fields, safetensors weights
 (one file or shards with an index), tokenizer files and preprocessor_config.json; SAM3's config
 comes from `sam3_config.resolve_sam3_config`, and `configuration.load_model_config` puts the two
-together. Everything a config asks for is checked against sane bounds first, so a bad file is a one-line error naming the field - never a model of random
-size allocated until the kernel kills the process.
+together. Everything a config asks for is checked against sane bounds first, so a bad file is a
+one-line error naming the field - never a model of random size allocated until the kernel kills
+the process.
 
 Directories written by earlier versions of this project (`model_type: instructsam`, with the SAM3
 config inline and other field names) are translated on reading: they keep working, and are saved

@@ -166,7 +166,9 @@ class Predictor:
         SAM3 config directory that overrides where SAM3's architecture comes from (sam3_config.py);
         `inference_layout` ("release" or "trained") overrides the config's (None: keep it)."""
         if inference_layout is not None and inference_layout not in INFERENCE_LAYOUTS:
-            raise UserError(f"unknown inference layout {inference_layout!r}; choose one of {', '.join(INFERENCE_LAYOUTS)}")
+            raise UserError(
+                f"unknown inference layout {inference_layout!r}; choose one of {', '.join(INFERENCE_LAYOUTS)}"
+            )
         path = resolve_model_dir(model_dir)
         device = check_device(device)
         model = InstructSamForSegmentation.from_pretrained(path, dtype=pick_dtype(device, dtype), sam3_config=sam3_config)

@@ -192,7 +192,8 @@ def release_reenacted(model, prompt, forced: list[int]) -> torch.Tensor:
     config = model.config
     language_model = model.model.language_model
     table = model.model.get_input_embeddings()
-    embeds, visual, deepstack = model.embed_tokens(prompt["input_ids"], prompt["pixel_values"], prompt["image_grid_thw"])
+    embeds, visual, deepstack = model.embed_tokens(prompt["input_ids"], prompt["pixel_values"],
+                                                   prompt["image_grid_thw"])
     cache = DynamicCache(config=config.text_config)
     counted = [1] * prompt["input_ids"].shape[1]
 
@@ -265,7 +266,8 @@ def test_the_trained_layout_stays_available_and_differs(release_model, release_d
 def test_the_release_layout_needs_to_know_where_the_prompt_ends(release_model):
     model, processor = release_model
     batch = processor([picture()], ["find them"], phrases=[ONE])
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "image_sizes", "sam_pixel_values", "prompt_lengths")}
+    dropped = ("labels", "image_sizes", "sam_pixel_values", "prompt_lengths")
+    inputs = {k: v for k, v in batch.items() if k not in dropped}
     with pytest.raises(ValueError, match="prompt_lengths"), torch.no_grad():
         model(**inputs, compute_logits=False)
 

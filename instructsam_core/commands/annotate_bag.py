@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         bag=args.bag, out=args.out, topics=list(args.topics), instruction=check_instruction(args.instruction),
         phrases=args.phrases, model=args.model, device=args.device, dtype=args.dtype, threshold=args.threshold,
         max_instances=args.max_instances, inference_layout=args.inference_layout, start=args.start, end=args.end,
-        every=args.every, batch_size=args.batch_size, overlay=args.overlay, storage=args.storage, overwrite=args.overwrite,
-        max_pixels=args.max_pixels, progress=not args.no_progress,
+        every=args.every, batch_size=args.batch_size, overlay=args.overlay, storage=args.storage,
+        overwrite=args.overwrite, max_pixels=args.max_pixels, progress=not args.no_progress,
         threads={"auto": None, "on": True, "off": False}[args.io_threads],
     )
     check_options(options)

@@ -151,7 +151,8 @@ def test_inference_layout_parameter_overrides_the_models_own(tiny_model_dir):
     scores = [[i.score for i in seg.segment_stream(frame(), "red circle", 1, [], threshold=0.0,
                                                     max_instances=100).prediction.instances] for seg in (own, release)]
     assert len(scores[0]) == len(scores[1]) == 10 and scores[0] != scores[1]
-    assert validate("inference_layout", "paper") == "inference_layout must be release, trained, or empty (the model's config.json)"
+    reason = validate("inference_layout", "paper")
+    assert reason == "inference_layout must be release, trained, or empty (the model's config.json)"
     assert validate("inference_layout", "") is None
 
 
