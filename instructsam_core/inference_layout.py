@@ -19,15 +19,10 @@ step or all at once, so their query states agree in either layout.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from instructsam_core.attention import hybrid_attention_mask, release_attention_mask
 from instructsam_core.configuration import INFERENCE_LAYOUTS
-
-if TYPE_CHECKING:
-    from instructsam_core.modeling import InstructSamForSegmentation
 
 RELEASE, TRAINED = INFERENCE_LAYOUTS
 
@@ -58,7 +53,7 @@ def release_positions(input_ids: torch.Tensor, seg_token_id: int, past_length: i
 
 
 def sequence_inputs(
-    model: "InstructSamForSegmentation",
+    model: torch.nn.Module,
     input_ids: torch.Tensor,
     padding_mask: torch.Tensor | None,
     image_grid_thw: torch.Tensor | None,
@@ -67,7 +62,8 @@ def sequence_inputs(
     layout: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(positions [3, B, L], mask [B, 1, L, L], M-RoPE deltas or None) for complete sequences:
-    a prompt alone (the generation prefill) or prompt + answer (the single forward).
+    a prompt alone (the generation prefill) or prompt + answer (the single forward). `model` is
+    the InstructSamForSegmentation (its config and M-RoPE index; not imported: modeling uses this).
 
     `prompt_lengths` [B]: where each row's prompt ends; the release layout needs it (its prompt
     is bidirectional, its answer is not).
