@@ -51,6 +51,7 @@ def test_the_cli_loads_a_release_directory_with_strict_keys(release_dir, tmp_pat
     code, out, err = _cli(capsys, "predict", "--model", str(release_dir), "--image", str(tmp_path / "frame.png"),
                           "--instruction", "red circle", "--out", str(tmp_path / "out"), "--threshold", "0")
     assert code == 0, err
+    assert "inference layout: release" in out  # the release's checkpoint runs as the release's inference
     records = json.loads((tmp_path / "out" / "instances.json").read_text())
     assert len(records) == QUERIES and {r["phrase"] for r in records} == {"red circle"}
 
