@@ -10,17 +10,18 @@ import pytest
 import yaml
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
-from instructsam_ros.dds_profile import (
+from instructsam_ros.dds.profiles import (
     DEFAULT_PROFILE,
     LARGE_FRAMES_PROFILE,
     frame_limit_report,
     profile_variables,
     shared_memory_limit,
 )
-from instructsam_ros.diagnostics import FrameTiming, StreamStats, build_diagnostics
-from instructsam_ros.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
-from instructsam_ros.qos import instruction_qos, stream_qos
-from instructsam_ros.segment_node import ProblemLog, use_large_data_profile
+from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats, build_diagnostics
+from instructsam_ros.segment_node.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
+from instructsam_ros.dds.qos import instruction_qos, stream_qos
+from instructsam_ros.dds.profiles import use_large_data_profile
+from instructsam_ros.segment_node.node import ProblemLog
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "segment.launch.py"

@@ -25,7 +25,7 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT_PROFILE = CONFIG_DIR / "fastdds_large_data.xml"
 LARGE_FRAMES_PROFILE = CONFIG_DIR / "fastdds_large_frames.xml"
 FASTDDS3_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3: Kilted and later

@@ -25,9 +25,9 @@ import numpy as np
 
 from instructsam_core.errors import UserError
 from instructsam_core.instances import Instance, Prediction
-from instructsam_ros.mask_layout import int_box
-from instructsam_ros.parameters import MAX_INSTRUCTION_CHARS
-from instructsam_ros.tracking import InstanceTracker, sequential_ids
+from instructsam_ros.messages.mask_layout import int_box
+from instructsam_ros.segment_node.parameters import MAX_INSTRUCTION_CHARS
+from instructsam_ros.messages.tracking import InstanceTracker, sequential_ids
 
 
 class BadInstructionError(UserError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from instructsam_ros.depth_input import OUTCOMES as DEPTH_OUTCOMES
+from instructsam_ros.depth.step import OUTCOMES as DEPTH_OUTCOMES
 
 OK = DiagnosticStatus.OK
 WARN = DiagnosticStatus.WARN

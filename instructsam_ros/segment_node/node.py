@@ -53,16 +53,16 @@ from std_msgs.msg import String
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
 from instructsam_core.errors import UserError
-from instructsam_ros.camera_stream import Frame, RecentMessages, CameraStream, instruction_key, subscribe_instructions  # noqa: F401
-from instructsam_ros.cameras import DEFAULT_CAMERA, camera_list, camera_parameter, split_camera_parameter
-from instructsam_ros.dds_profile import frame_limit_report, use_large_data_profile  # noqa: F401 - re-exported
-from instructsam_ros.executor import FramesInlineExecutor
-from instructsam_ros.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics, build_status
-from instructsam_ros.frame_slot import LatestSlots
-from instructsam_ros.image_conversions import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
-from instructsam_ros.instance_conversions import prediction_to_msg
+from instructsam_ros.segment_node.camera_stream import Frame, RecentMessages, CameraStream, instruction_key, subscribe_instructions  # noqa: F401
+from instructsam_ros.segment_node.cameras import DEFAULT_CAMERA, camera_list, camera_parameter, split_camera_parameter
+from instructsam_ros.dds.profiles import frame_limit_report, use_large_data_profile  # noqa: F401 - re-exported
+from instructsam_ros.segment_node.executor import FramesInlineExecutor
+from instructsam_ros.segment_node.diagnostics import ERROR, OK, WARN, FrameTiming, StreamStats, build_diagnostics, build_status
+from instructsam_ros.segment_node.frame_slot import LatestSlots
+from instructsam_ros.messages.images import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
+from instructsam_ros.messages.instances import prediction_to_msg
 from instructsam_ros.interfaces import Segment
-from instructsam_ros.parameters import (
+from instructsam_ros.segment_node.parameters import (
     ACTIVATE,
     CAMERA_PARAMETER_NAMES,
     CAMERA_PARAMETERS,
@@ -75,7 +75,7 @@ from instructsam_ros.parameters import (
     spec,
     validate,
 )
-from instructsam_ros.segmenter import (
+from instructsam_ros.segment_node.segmenter import (
     BadInstructionError,
     DeviceUnavailableError,
     InstructionCounter,
@@ -750,6 +750,3 @@ def main(argv: list[str] | None = None) -> int:
     _exit_now(status)
     return status  # not reached
 
-
-if __name__ == "__main__":
-    sys.exit(main())

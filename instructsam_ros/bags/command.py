@@ -1,6 +1,6 @@
 """`instructsam annotate-bag`: segment every frame of recorded image topics, offline, into a new bag.
 
-The work is done by `instructsam_ros.bag_annotation` (rosbags, no ROS installation needed);
+The work is done by `instructsam_ros.bags.annotate` (rosbags, no ROS installation needed);
 the model is loaded exactly as `instructsam predict` loads it.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     # Arguments, the bag and its topics are checked before the model side (torch, transformers)
     # is imported: bag_annotation imports neither, and loads the model only when a frame needs it.
     try:
-        from instructsam_ros.bag_annotation import AnnotateOptions, annotate_bag, check_options, format_summary
+        from instructsam_ros.bags.annotate import AnnotateOptions, annotate_bag, check_options, format_summary
     except ImportError as error:
         raise UserError(f"annotate-bag needs rosbags and rosbags-image: pip install -e '.[ros]' ({error})") from None
     from instructsam_core.tokens import check_instruction

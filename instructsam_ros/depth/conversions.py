@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
-from instructsam_ros.depth_geometry import (
+from instructsam_ros.depth.geometry import (
     DEPTH_SCALES,
     POINT_DTYPE,
     BadDepthError,

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from instructsam_ros.depth_conversions import (
+from instructsam_ros.depth.conversions import (
     camera_info_intrinsics,
     compressed_depth_to_array,
     depth_image_to_array,
     has_distortion,
 )
-from instructsam_ros.depth_geometry import (
+from instructsam_ros.depth.geometry import (
     BadDepthError,
     DepthGrid,
     DepthSettings,
@@ -42,7 +42,7 @@ from instructsam_ros.depth_geometry import (
     locate_instances,
     pack_points,
 )
-from instructsam_ros.depth_pairing import PAIRED, DepthQueue, Pairing
+from instructsam_ros.depth.pairing import PAIRED, DepthQueue, Pairing
 
 # InstanceSegmentation.depth_status (msg/InstanceSegmentation.msg).
 DEPTH_DISABLED = 0
@@ -147,7 +147,7 @@ class DepthInput:
 def apply_depth(segmentation, result: DepthResult | None) -> None:
     """Fill an InstanceSegmentation's depth fields and every Instance.location from a result
     (None: the node takes no depth input, DEPTH_DISABLED)."""
-    from instructsam_ros.depth_conversions import fill_location
+    from instructsam_ros.depth.conversions import fill_location
 
     if result is None:
         segmentation.depth_status = DEPTH_DISABLED

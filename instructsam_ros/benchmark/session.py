@@ -85,9 +85,9 @@ class Session:
         from std_msgs.msg import String
 
         from instructsam_ros.interfaces import InstanceSegmentation
-        from instructsam_ros.qos import instruction_qos, stream_qos
+        from instructsam_ros.dds.qos import instruction_qos, stream_qos
 
-        repo_root = str(Path(__file__).resolve().parent.parent)
+        repo_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
         params = [f"model:={model}", f"device:={device}", f"threshold:={threshold}", "max_frame_age:=0.0",
                   "diagnostics_period:=5.0", *node_params]
@@ -187,8 +187,8 @@ class Session:
 
 
 def frame_message(width: int, height: int):
-    from instructsam_ros.demo import synthetic_scene
-    from instructsam_ros.image_conversions import array_to_image_msg
+    from instructsam_ros.demo.run import synthetic_scene
+    from instructsam_ros.messages.images import array_to_image_msg
 
     pixels, _, _ = synthetic_scene(3, height, width)
     msg = array_to_image_msg(pixels, "rgb8")
@@ -238,11 +238,11 @@ class CameraSetup:
         from sensor_msgs.msg import Image
 
         from instructsam_ros.interfaces import InstanceSegmentation
-        from instructsam_ros.qos import stream_qos
+        from instructsam_ros.dds.qos import stream_qos
 
         self.names = [f"cam{i}" for i in range(cameras)]
         self.one_node = one_node
-        repo_root = str(Path(__file__).resolve().parent.parent)
+        repo_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
         common = ["-p", f"model:={model}", "-p", f"device:={device}", "-p", f"threshold:={threshold}",
                   "-p", "max_frame_age:=0.0", "-p", "diagnostics_period:=5.0", "-p", f"instruction:={INSTRUCTION}"]
@@ -429,7 +429,7 @@ def _rates(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", "42")  # a domain of its own unless the user picks one
-    from instructsam_ros.segment_node import use_large_data_profile
+    from instructsam_ros.dds.profiles import use_large_data_profile
 
     use_large_data_profile()
     scratch = Path(tempfile.mkdtemp(prefix="instructsam_bench_"))
@@ -447,8 +447,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cameras:
         return run_cameras(args, model, model_name, scratch)
     if args.depth:
-        from instructsam_ros.benchmark_depth import markdown as depth_markdown
-        from instructsam_ros.benchmark_depth import run_depth
+        from instructsam_ros.benchmark.depth import markdown as depth_markdown
+        from instructsam_ros.benchmark.depth import run_depth
 
         report = run_depth(args, model, model_name, scratch, hardware())
         if args.json:
@@ -540,6 +540,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instructsam_ros.benchmark import Session
+from instructsam_ros.benchmark.session import Session
 
 NAMESPACE = "/instructsam_bench_depth"
 INSTRUCTION = "squares"
@@ -36,7 +36,7 @@ class DepthSession(Session):
     def __init__(self, model: str, device: str, threshold: float, log_path: Path) -> None:
         from sensor_msgs.msg import CameraInfo, Image
 
-        from instructsam_ros.qos import stream_qos
+        from instructsam_ros.dds.qos import stream_qos
 
         super().__init__(model, device, threshold, log_path, namespace=NAMESPACE, instruction=INSTRUCTION,
                          node_params=("depth:=true", "depth_sync_tolerance:=0.005"))
@@ -60,7 +60,7 @@ class DepthSession(Session):
         """Subscribe to instance_points (the node then builds the cloud) or unsubscribe."""
         from sensor_msgs.msg import PointCloud2
 
-        from instructsam_ros.qos import stream_qos
+        from instructsam_ros.dds.qos import stream_qos
 
         if on and self._cloud_sub is None:
             self._cloud_sub = self.node.create_subscription(PointCloud2, "instance_points", lambda msg: None,
@@ -109,8 +109,8 @@ def scene_messages(width: int, height: int):
     """(colour Image, 16UC1 depth Image, CameraInfo, mask pixels of the ten squares)."""
     from sensor_msgs.msg import CameraInfo
 
-    from instructsam_ros.image_conversions import array_to_image_msg
-    from instructsam_ros.synthetic_depth import benchmark_scene, pinhole, render, to_16uc1
+    from instructsam_ros.messages.images import array_to_image_msg
+    from instructsam_ros.demo.depth_scenes import benchmark_scene, pinhole, render, to_16uc1
 
     k = pinhole(width, height, FOV_DEG)
     frame = render(benchmark_scene(), k, wall_depth=2.0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instructsam_ros.depth_geometry import Intrinsics
+from instructsam_ros.depth.geometry import Intrinsics
 
 
 @dataclass(frozen=True)

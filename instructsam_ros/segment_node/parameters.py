@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructsam_core.tokens import MAX_INSTRUCTION_CHARS  # one limit for the CLI and the node
-from instructsam_ros.cameras import camera_names_problem
+from instructsam_ros.segment_node.cameras import camera_names_problem
 
 # Limits on fixed phrases, shared by the `phrases` parameter and the Segment service: every
 # phrase is a row of the model's batch (10 queries, a mask each), so a request with a thousand

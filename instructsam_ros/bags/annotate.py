@@ -49,11 +49,11 @@ from rosbags.typesys import TypesysError
 from instructsam_core.errors import UserError
 from instructsam_core.instances import Instance
 from instructsam_core.masks import encode_mask, rle_to_mask
-from instructsam_ros.bag_types import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, SEGMENTATION_TYPE, BagMessages, build_typestore
-from instructsam_ros.image_conversions import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
-from instructsam_ros.mask_layout import crop_mask, int_box, label_image
-from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.tracking import InstanceTracker
+from instructsam_ros.bags.types import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, SEGMENTATION_TYPE, BagMessages, build_typestore
+from instructsam_ros.messages.images import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
+from instructsam_ros.messages.mask_layout import crop_mask, int_box, label_image
+from instructsam_ros.messages.overlay import draw_overlay
+from instructsam_ros.messages.tracking import InstanceTracker
 
 try:  # rosbags reads sqlite3 bags through apsw; its errors share no base with sqlite3's
     import apsw

@@ -40,7 +40,7 @@ def message_dirs() -> list[Path]:
     """
     from instructsam_ros import generated_install_dir
 
-    candidates = [Path(__file__).resolve().parent.parent / "msg", Path(sys.prefix) / "share" / PACKAGE / "msg"]
+    candidates = [Path(__file__).resolve().parents[2] / "msg", Path(sys.prefix) / "share" / PACKAGE / "msg"]
     prefix = generated_install_dir()
     if prefix is not None:
         candidates.append(prefix / "share" / PACKAGE / "msg")

@@ -14,11 +14,11 @@ from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header
 
 from instructsam_core.instances import Instance, Prediction
-from instructsam_ros.image_conversions import array_to_image_msg, image_msg_to_array
+from instructsam_ros.messages.images import array_to_image_msg, image_msg_to_array
 from instructsam_ros.interfaces import Instance as InstanceMsg
 from instructsam_ros.interfaces import InstanceSegmentation
 # The ROS-free layout rules live in mask_layout (shared with annotate-bag); re-exported here.
-from instructsam_ros.mask_layout import MASK_ON, MAX_LABEL_ID, crop_mask, label_image, tight_box  # noqa: F401
+from instructsam_ros.messages.mask_layout import MASK_ON, MAX_LABEL_ID, crop_mask, label_image, tight_box  # noqa: F401
 
 
 def instance_to_msg(

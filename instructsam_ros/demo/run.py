@@ -83,10 +83,10 @@ def run_camera(args: argparse.Namespace) -> int:
     from rclpy.executors import ExternalShutdownException
     from sensor_msgs.msg import Image
 
-    from instructsam_ros.cameras import camera_topic
-    from instructsam_ros.image_conversions import array_to_image_msg
-    from instructsam_ros.qos import stream_qos
-    from instructsam_ros.segment_node import use_large_data_profile
+    from instructsam_ros.segment_node.cameras import camera_topic
+    from instructsam_ros.messages.images import array_to_image_msg
+    from instructsam_ros.dds.qos import stream_qos
+    from instructsam_ros.dds.profiles import use_large_data_profile
 
     use_large_data_profile()
     width, height = args.size
@@ -99,7 +99,7 @@ def run_camera(args: argparse.Namespace) -> int:
     if args.depth:
         from sensor_msgs.msg import CameraInfo
 
-        from instructsam_ros.synthetic_depth import pinhole, scene_depth, to_16uc1
+        from instructsam_ros.demo.depth_scenes import pinhole, scene_depth, to_16uc1
 
         millimetres = to_16uc1(scene_depth(demo_scene(args.seed).objects, width, height)[0])
         k = pinhole(width, height, DEMO_FOV_DEG)
@@ -188,7 +188,7 @@ def position(location) -> str:
 
 def depth_line(seed: int) -> str:
     """What the depth camera shows: each shape's known distance."""
-    from instructsam_ros.synthetic_depth import scene_depth
+    from instructsam_ros.demo.depth_scenes import scene_depth
 
     scene = demo_scene(seed)
     _, distances = scene_depth(scene.objects, scene.width, scene.height)
@@ -254,7 +254,7 @@ class Recorder:
     def _save(self, key: tuple[str, int]) -> None:
         import cv2
 
-        from instructsam_ros.image_conversions import image_msg_to_array
+        from instructsam_ros.messages.images import image_msg_to_array
 
         with self.lock:
             if key not in self.results or key not in self.overlays:
@@ -268,7 +268,7 @@ class Recorder:
 def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", "41")  # a domain of its own unless the user picks one
-    from instructsam_ros.segment_node import use_large_data_profile
+    from instructsam_ros.dds.profiles import use_large_data_profile
 
     use_large_data_profile()  # for this process and, through the environment, the children
     out_dir = Path(args.out)
@@ -298,14 +298,14 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from instructsam_ros.cameras import camera_topic
+    from instructsam_ros.segment_node.cameras import camera_topic
     from instructsam_ros.interfaces import InstanceSegmentation
-    from instructsam_ros.qos import instruction_qos, stream_qos
+    from instructsam_ros.dds.qos import instruction_qos, stream_qos
 
     ns = args.namespace
     cameras = args.cameras
     asked = camera_instructions(cameras, instructions)
-    repo_root = str(Path(__file__).resolve().parent.parent)
+    repo_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
     node_cmd = [
         sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={ns}",
@@ -392,7 +392,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
 
 
 def _camera_names(text: str) -> str:
-    from instructsam_ros.cameras import camera_name_problem
+    from instructsam_ros.segment_node.cameras import camera_name_problem
 
     problem = camera_name_problem(text)
     if problem:
@@ -447,6 +447,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructsam-demo: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

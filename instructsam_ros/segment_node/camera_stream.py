@@ -30,19 +30,19 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
-from instructsam_ros.cameras import camera_label, camera_topic
-from instructsam_ros.depth_conversions import point_cloud_msg
-from instructsam_ros.depth_geometry import OK as LOCATED
-from instructsam_ros.depth_geometry import DepthSettings
-from instructsam_ros.depth_input import DEPTH_REJECTED, DepthInput, DepthResult, apply_depth
-from instructsam_ros.diagnostics import FrameTiming, StreamStats
-from instructsam_ros.image_conversions import array_to_image_msg
-from instructsam_ros.instance_conversions import label_image, prediction_to_msg
+from instructsam_ros.segment_node.cameras import camera_label, camera_topic
+from instructsam_ros.depth.conversions import point_cloud_msg
+from instructsam_ros.depth.geometry import OK as LOCATED
+from instructsam_ros.depth.geometry import DepthSettings
+from instructsam_ros.depth.step import DEPTH_REJECTED, DepthInput, DepthResult, apply_depth
+from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats
+from instructsam_ros.messages.images import array_to_image_msg
+from instructsam_ros.messages.instances import label_image, prediction_to_msg
 from instructsam_ros.interfaces import InstanceSegmentation
-from instructsam_ros.overlay import draw_overlay
-from instructsam_ros.qos import instruction_qos, live_instruction_qos, stream_qos
-from instructsam_ros.segmenter import InstructionState, PhraseCache, SegmentResult
-from instructsam_ros.tracking import InstanceTracker
+from instructsam_ros.messages.overlay import draw_overlay
+from instructsam_ros.dds.qos import instruction_qos, live_instruction_qos, stream_qos
+from instructsam_ros.segment_node.segmenter import InstructionState, PhraseCache, SegmentResult
+from instructsam_ros.messages.tracking import InstanceTracker
 
 
 @dataclass
