@@ -46,6 +46,11 @@ _BYTES = {"16UC1": 2, "32FC1": 4}
 _DTYPES = {"16UC1": "u2", "32FC1": "f4"}
 
 
+def stamp_ns(stamp) -> int:
+    """A builtin_interfaces/Time as integer nanoseconds (what pairing compares)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def _check_size(height: int, width: int, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
         raise BadDepthError(f"empty depth image ({width}x{height})", "depth_malformed")

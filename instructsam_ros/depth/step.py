@@ -2,9 +2,12 @@
 
 The subscriptions' callbacks only store messages (`on_depth` queues the depth image undecoded,
 `on_camera_info` keeps the latest CameraInfo); everything else runs in the inference worker,
-after the model, on the masks it produced (`locate`): pairing by stamp, decoding and checking
-the depth image and its CameraInfo, sampling the masks onto the depth grid and the robust
-statistics. Each colour frame gets exactly one outcome, counted per cause in /diagnostics:
+after the model, on the masks it produced, in one call per frame (`locate_frame`): pairing by
+stamp (pairing), decoding and checking the depth image and its CameraInfo (conversions),
+sampling the masks onto the depth grid and the robust statistics (geometry), then the frame's
+message filled and the point cloud built (conversions). The camera stream hands the masks over
+once and gets the result back; nothing of the 3-D step calls back into the node. Each colour
+frame gets exactly one outcome, counted per cause in /diagnostics:
 
   paired                 3-D computed (each instance then has its own status)
   no_depth, depth_late, depth_early, depth_unmatched     no partner in time (depth_pairing)
@@ -21,6 +24,7 @@ size) back-project it. Depth is never interpolated, so no point is invented betw
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +34,12 @@ from instructsam_ros.depth.conversions import (
     camera_info_intrinsics,
     compressed_depth_to_array,
     depth_image_to_array,
+    fill_location,
     has_distortion,
+    point_cloud_msg,
+    stamp_ns,
 )
+from instructsam_ros.depth.geometry import OK as LOCATED
 from instructsam_ros.depth.geometry import (
     BadDepthError,
     DepthGrid,
@@ -67,7 +75,26 @@ class DepthResult:
     locations: list[InstanceLocation] | None = None
     cloud: np.ndarray | None = None  # depth_geometry.POINT_DTYPE points, when asked for
     warnings: list[str] = field(default_factory=list)  # one-time notes for the log
-    latency: float = 0.0  # seconds the whole 3-D step took (set by the caller)
+    latency: float = 0.0  # seconds the whole 3-D step took (set by `locate_frame`)
+    cloud_msg: Any = None  # sensor_msgs/PointCloud2 of `cloud` (built by `locate_frame`)
+
+    @property
+    def distances(self) -> list[float | None] | None:
+        """Each instance's distance from the camera (None where it was not located), for the overlay."""
+        if self.locations is None:
+            return None
+        return [loc.distance if loc.status == LOCATED else None for loc in self.locations]
+
+
+@dataclass(frozen=True)
+class DepthOptions:
+    """What one frame's 3-D step is asked to do (the node maps its parameters to these)."""
+
+    sync_tolerance: float  # seconds between colour and depth stamps (depth_sync_tolerance)
+    queue_size: int  # depth images kept for pairing (depth_queue_size)
+    max_pixels: int  # larger depth images are refused (max_input_pixels)
+    geometry: DepthSettings
+    want_points: bool  # build the point cloud (someone subscribes to instance_points)
 
 
 class DepthInput:
@@ -82,8 +109,7 @@ class DepthInput:
 
     # -------------------------------------------------------------- callbacks (executor threads)
     def on_depth(self, msg) -> None:
-        stamp = msg.header.stamp
-        self.queue.add(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), msg)
+        self.queue.add(stamp_ns(msg.header.stamp), msg)
 
     def on_camera_info(self, msg) -> None:
         self._camera_info = msg
@@ -91,10 +117,35 @@ class DepthInput:
     def clear(self) -> None:
         self.queue.clear()
 
+    def hold(self, header) -> tuple[int, Any] | None:
+        """The queued depth image nearest to a colour frame (its std_msgs/Header) arriving now,
+        held by the frame until its 3-D step (image callback)."""
+        return self.queue.nearest(stamp_ns(header.stamp))
+
     # -------------------------------------------------------------- worker
-    def nearest(self, stamp_ns: int):
-        """The queued depth image nearest to a colour frame arriving now (held until its 3-D step)."""
-        return self.queue.nearest(stamp_ns)
+    def locate_frame(self, segmentation, colour_size: tuple[int, int], masks, boxes, ids, held: tuple[int, Any] | None,
+                     options: DepthOptions) -> DepthResult:
+        """The whole 3-D step of one colour frame, the node's one call into depth: pair the frame
+        (`segmentation.header`, the colour image's) with a depth image, check and decode it,
+        locate every instance (`masks`, `boxes` in the colour grid of `colour_size` = (width,
+        height)), fill `segmentation`'s depth fields and every Instance.location, and build the
+        point cloud when asked (`cloud_msg`). The colour result goes out whatever happens here:
+        a failure of the step itself is the frame's outcome (depth_malformed)."""
+        start = time.perf_counter()
+        self.queue.resize_to(options.queue_size)
+        pairing = self.pair(stamp_ns(segmentation.header.stamp), options.sync_tolerance, held)
+        try:
+            result = self.locate(pairing, colour_size, masks, boxes, ids, options.geometry, options.max_pixels,
+                                 options.want_points)
+        except Exception as error:  # noqa: BLE001 - the colour result goes out whatever the 3-D step does
+            result = DepthResult(DEPTH_REJECTED, "depth_malformed", f"3-D step failed: {type(error).__name__}: {error}",
+                                 header=getattr(pairing.item, "header", None))
+        apply_depth(segmentation, result)
+        if result.cloud is not None:
+            result.cloud_msg = point_cloud_msg(result.cloud, result.header)
+        # Everything 3-D costs this frame: pairing, checks, statistics, filling the message, the cloud.
+        segmentation.depth_latency = result.latency = time.perf_counter() - start
+        return result
 
     def pair(self, stamp_ns: int, tolerance_s: float, held=None) -> Pairing:
         return self.queue.match(stamp_ns, tolerance_s, held)
@@ -147,8 +198,6 @@ class DepthInput:
 def apply_depth(segmentation, result: DepthResult | None) -> None:
     """Fill an InstanceSegmentation's depth fields and every Instance.location from a result
     (None: the node takes no depth input, DEPTH_DISABLED)."""
-    from instructsam_ros.depth.conversions import fill_location
-
     if result is None:
         segmentation.depth_status = DEPTH_DISABLED
         return

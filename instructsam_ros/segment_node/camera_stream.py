@@ -8,10 +8,11 @@ output: results are published only on the stream whose frame they answer, with t
 header and that stream's ids.
 
 With depth (parameter `depth`), the stream also owns the camera's depth input
-(`depth_input.DepthInput`: `<camera>/depth/image` or `<camera>/depth/image/compressedDepth`,
-and `<camera>/depth/camera_info`), pairs each colour frame with a depth image by stamp, runs the
-3-D step on the frame's masks in the worker thread before publishing (`Instance.location`, the
-frame's depth status) and publishes `<camera>/instance_points` while someone subscribes.
+(`depth.step.DepthInput`: `<camera>/depth/image` or `<camera>/depth/image/compressedDepth`,
+and `<camera>/depth/camera_info`). Publishing a frame hands its masks to the 3-D step once, in
+the worker thread (`DepthInput.locate_frame`: pairing by stamp, geometry, `Instance.location`
+and the frame's depth status filled, the point cloud built) and gets the outcome back; the
+stream then publishes `<camera>/instance_points` while someone subscribes.
 
 The node creates streams at configure and when its camera list changes at activation, and
 destroys them at cleanup or when a camera is removed; a destroyed stream publishes nothing
@@ -31,10 +32,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from instructsam_ros.segment_node.cameras import camera_label, camera_topic
-from instructsam_ros.depth.conversions import point_cloud_msg
-from instructsam_ros.depth.geometry import OK as LOCATED
 from instructsam_ros.depth.geometry import DepthSettings
-from instructsam_ros.depth.step import DEPTH_REJECTED, DepthInput, DepthResult, apply_depth
+from instructsam_ros.depth.step import DepthInput, DepthOptions, DepthResult
 from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats
 from instructsam_ros.messages.images import array_to_image_msg
 from instructsam_ros.messages.instances import label_image, prediction_to_msg
@@ -53,8 +52,14 @@ class Frame:
     depth_held: tuple[int, Any] | None = None  # the nearest depth image when the frame arrived
 
 
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+def depth_options(settings: dict[str, Any], want_points: bool) -> DepthOptions:
+    """The node's depth parameters as the 3-D step takes them (read per frame: they apply live)."""
+    return DepthOptions(
+        sync_tolerance=float(settings["depth_sync_tolerance"]), queue_size=int(settings["depth_queue_size"]),
+        max_pixels=int(settings["max_input_pixels"]), want_points=want_points,
+        geometry=DepthSettings(float(settings["max_depth"]), int(settings["depth_min_valid_pixels"]),
+                               float(settings["depth_inlier_band"])),
+    )
 
 
 class RecentMessages:
@@ -177,7 +182,7 @@ class CameraStream:
         self.count("received")
         frame = Frame(msg, time.monotonic(), self)
         if self.depth is not None:
-            frame.depth_held = self.depth.nearest(stamp_ns(msg.header.stamp))
+            frame.depth_held = self.depth.hold(msg.header)
         self._submit(self, frame)
 
     def _on_instruction(self, msg: String, info: dict) -> None:
@@ -228,15 +233,10 @@ class CameraStream:
                                     result.boxes, instruction)
             distances = cloud = None
             if self.depth is not None:
-                start = time.perf_counter()
-                depth = self._locate(frame, rgb, result, settings)
-                apply_depth(msg, depth)
-                if depth.cloud is not None:
-                    cloud = point_cloud_msg(depth.cloud, depth.header)
-                if depth.locations is not None:
-                    distances = [loc.distance if loc.status == LOCATED else None for loc in depth.locations]
-                # Everything 3-D costs this frame: pairing, checks, statistics, filling the message, the cloud.
-                msg.depth_latency = depth.latency = time.perf_counter() - start
+                want_points = bool(settings["publish_instance_points"]) and self._points_pub.get_subscription_count() > 0
+                depth = self.depth.locate_frame(msg, (rgb.shape[1], rgb.shape[0]), [inst.mask for inst in prediction.instances],
+                                                result.boxes, result.ids, frame.depth_held, depth_options(settings, want_points))
+                distances, cloud = depth.distances, depth.cloud_msg
                 self._record_depth(depth)
             msg.processing_latency = time.monotonic() - frame.arrival
             self._seg_pub.publish(msg)
@@ -248,22 +248,6 @@ class CameraStream:
                 overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes, distances=distances)
                 self._overlay_pub.publish(array_to_image_msg(overlay, "rgb8", header))
             return True
-
-    def _locate(self, frame: Frame, rgb, result: SegmentResult, settings: dict[str, Any]) -> DepthResult:
-        """The 3-D step of one frame (worker thread): pair, check, locate."""
-        depth = self.depth
-        depth.queue.resize_to(int(settings["depth_queue_size"]))
-        pairing = depth.pair(stamp_ns(frame.msg.header.stamp), float(settings["depth_sync_tolerance"]), frame.depth_held)
-        want_points = bool(settings["publish_instance_points"]) and self._points_pub.get_subscription_count() > 0
-        geometry = DepthSettings(float(settings["max_depth"]), int(settings["depth_min_valid_pixels"]),
-                                 float(settings["depth_inlier_band"]))
-        try:
-            outcome = depth.locate(pairing, (rgb.shape[1], rgb.shape[0]), [inst.mask for inst in result.prediction.instances],
-                                   result.boxes, result.ids, geometry, int(settings["max_input_pixels"]), want_points)
-        except Exception as error:  # noqa: BLE001 - the colour result goes out whatever the 3-D step does
-            outcome = DepthResult(DEPTH_REJECTED, "depth_malformed", f"3-D step failed: {type(error).__name__}: {error}",
-                                  header=getattr(pairing.item, "header", None))
-        return outcome
 
     def _record_depth(self, outcome: DepthResult) -> None:
         """Count the frame's 3-D outcome per cause, time it, and warn (rate-limited) about problems."""
