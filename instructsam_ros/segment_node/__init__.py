@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The node's process (`node.main`), imported when called."""
-    from instructsam_ros.segment_node.node import main as run_node
+    """The node's process (`process.main`), imported when called."""
+    from instructsam_ros.segment_node.process import main as run_node
 
     return run_node(argv)

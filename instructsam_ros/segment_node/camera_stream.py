@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
@@ -35,11 +33,12 @@ from instructsam_ros.segment_node.cameras import camera_label, camera_topic
 from instructsam_ros.depth.geometry import DepthSettings
 from instructsam_ros.depth.step import DepthInput, DepthOptions, DepthResult
 from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats
+from instructsam_ros.segment_node.instructions import RecentMessages, instruction_key, subscribe_instructions
 from instructsam_ros.messages.images import array_to_image_msg
 from instructsam_ros.messages.instances import label_image, prediction_to_msg
 from instructsam_ros.interfaces import InstanceSegmentation
 from instructsam_ros.messages.overlay import draw_overlay
-from instructsam_ros.dds.qos import instruction_qos, live_instruction_qos, stream_qos
+from instructsam_ros.dds.qos import stream_qos
 from instructsam_ros.segment_node.segmenter import InstructionState, PhraseCache, SegmentResult
 from instructsam_ros.messages.tracking import InstanceTracker
 
@@ -60,38 +59,6 @@ def depth_options(settings: dict[str, Any], want_points: bool) -> DepthOptions:
         geometry=DepthSettings(float(settings["max_depth"]), int(settings["depth_min_valid_pixels"]),
                                float(settings["depth_inlier_band"])),
     )
-
-
-class RecentMessages:
-    """Identities of the last messages seen, so that a message received twice is applied once."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._seen: deque[tuple] = deque(maxlen=size)
-        self._lock = threading.Lock()
-
-    def first_time(self, key: tuple) -> bool:
-        with self._lock:
-            if key in self._seen:
-                return False
-            self._seen.append(key)
-            return True
-
-
-def instruction_key(msg: String, info: dict) -> tuple:
-    """One sample has the same source timestamp, sequence number and writer on both instruction
-    subscriptions; two publications of the same text differ in those."""
-    return (msg.data, info.get("source_timestamp"), info.get("publication_sequence_number"), repr(info.get("publisher_gid")))
-
-
-def subscribe_instructions(node, topic: str, callback: Callable[[String, dict], None], group) -> list[Any]:
-    """The two subscriptions of an instruction topic: volatile (matches every publisher) and
-    transient local (also gets the instruction latched by a publisher started earlier; its
-    "incompatible QoS" reports about volatile publishers are expected and silenced)."""
-    return [
-        node.create_subscription(String, topic, callback, live_instruction_qos(), callback_group=group),
-        node.create_subscription(String, topic, callback, instruction_qos(), callback_group=group,
-                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
-    ]
 
 
 class CameraStream:

@@ -1,4 +1,4 @@
-"""Counters and timings of the stream, and their /diagnostics message.
+"""Counters and timings of the stream, their /diagnostics message, and rate-limited warnings.
 
 Everything a user needs to tell "no output" apart: is the node active, does it have an
 instruction, do frames arrive, are they dropped (replaced by a newer frame, too old, or
@@ -204,3 +204,29 @@ def build_diagnostics(
     array.header.stamp = stamp
     array.status = [build_status(name, hardware_id, level, message, stats, extra, device), *more]
     return array
+
+
+class ProblemLog:
+    """Rate-limited warnings, one stream per kind of problem, counting what was held back.
+
+    Kinds are the reasons an input is refused (`BadImageError.kind`, `BadInstructionError.kind`,
+    "stale", ...), per camera, so the first rejection of every kind is always logged.
+    """
+
+    def __init__(self, logger, period_s: float = 2.0) -> None:
+        self._logger = logger
+        self._period = period_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -1e9) < self._period:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            held = self._held.pop(kind, 0)
+            self._last[kind] = now
+        suffix = f" ({held} more like this since the last report)" if held else ""
+        self._logger.warning(message + suffix)

@@ -21,7 +21,7 @@ from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats, b
 from instructsam_ros.segment_node.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
 from instructsam_ros.dds.qos import instruction_qos, stream_qos
 from instructsam_ros.dds.profiles import use_large_data_profile
-from instructsam_ros.segment_node.node import ProblemLog
+from instructsam_ros.segment_node.diagnostics import ProblemLog
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "segment.launch.py"
