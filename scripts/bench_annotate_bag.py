@@ -106,7 +106,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from instructsam_core.predictor import Predictor
-    from instructsam_ros.bags.annotate import AnnotateOptions, annotate_bag
+    from instructsam_ros.bags.annotate import annotate_bag
+    from instructsam_ros.bags.options import AnnotateOptions
 
     width, height = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench_annotate_bag_"))

@@ -1,7 +1,10 @@
 """`instructsam annotate-bag`: segment every frame of recorded image topics, offline, into a new bag.
 
-The work is done by `instructsam_ros.bags.annotate` (rosbags, no ROS installation needed);
-the model is loaded exactly as `instructsam predict` loads it.
+Contributed to the `instructsam` command line through the entry point `instructsam.commands`
+(setup.py), with the core's command protocol (`register(subparsers)`, `func(args) -> int`). The
+work is done by `instructsam_ros.bags.annotate` (rosbags, no ROS installation needed), imported
+when the command runs, so `--help` works without rosbags; the model is loaded exactly as
+`instructsam predict` loads it.
 """
 from __future__ import annotations
 
@@ -55,9 +58,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Arguments, the bag and its topics are checked before the model side (torch, transformers)
-    # is imported: bag_annotation imports neither, and loads the model only when a frame needs it.
+    # is imported: the bags package imports neither, and loads the model only when a frame needs it.
     try:
-        from instructsam_ros.bags.annotate import AnnotateOptions, annotate_bag, check_options, format_summary
+        from instructsam_ros.bags.annotate import annotate_bag
+        from instructsam_ros.bags.options import AnnotateOptions, check_options
+        from instructsam_ros.bags.summary import format_summary
     except ImportError as error:
         raise UserError(f"annotate-bag needs rosbags and rosbags-image: pip install -e '.[ros]' ({error})") from None
     from instructsam_core.tokens import check_instruction
