@@ -1,7 +1,7 @@
 """The 3-D step's cost in segment_node, over real DDS (`python -m instructsam_ros.benchmark --depth`).
 
 One node process with depth:=true, fed a synthetic RGB-D scene of ten squares at known depths
-(`synthetic_depth.benchmark_scene`; with the embedded default model at threshold 0 every frame
+(`demo.depth_scenes.benchmark_scene`; with the embedded default model at threshold 0 every frame
 has ten instances). In the same run, phases alternate at a fixed rate well below the model's
 capacity (no queueing):
   colour        colour frames only: the node pairs, finds no depth, reports 3-D missing

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from instructsam_core.errors import UserError
-from instructsam_ros.processes import start_child, stop_child
+from instructsam_ros.processes import child_env, start_child, stop_child
 
 DEMO_NAMESPACE = "/instructsam_demo"
 DEMO_FOV_DEG = 60.0  # horizontal field of view of the synthetic cameras
@@ -305,8 +305,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     ns = args.namespace
     cameras = args.cameras
     asked = camera_instructions(cameras, instructions)
-    repo_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)}
+    env = child_env()
     node_cmd = [
         sys.executable, "-m", "instructsam_ros.segment_node", "--ros-args", "-r", f"__ns:={ns}",
         "-p", f"model:={model}", "-p", f"device:={args.device}", "-p", f"threshold:={args.threshold}",
