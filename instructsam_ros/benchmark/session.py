@@ -158,7 +158,7 @@ class Session:
 
 
 def frame_message(width: int, height: int):
-    from instructsam_ros.demo.run import synthetic_scene
+    from instructsam_ros.demo.scenes import synthetic_scene
     from instructsam_ros.messages.images import array_to_image_msg
 
     pixels, _, _ = synthetic_scene(3, height, width)
