@@ -279,6 +279,6 @@ def test_build_installs_what_ros2_run_and_ros2_launch_need():
         assert f"from instructsam_ros.{exe} import main" in script.read_text()
     site = next(prefix.glob("lib/python3*/site-packages"))
     assert (site / "instructsam_ros" / "msg" / "_instance.py").is_file()  # generated
-    assert (site / "instructsam_ros" / "segment_node.py").is_file()  # hand-written, same package
+    assert (site / "instructsam_ros" / "segment_node" / "node.py").is_file()  # hand-written, same package
     assert (site / "instructsam_core" / "predictor.py").is_file()
     assert (share / "package.xml").is_file()
