@@ -1,4 +1,4 @@
-"""3-D instances from depth (instructsam_ros.depth.geometry, depth_pairing, synthetic_depth):
+"""3-D instances from depth (instructsam_ros.depth.geometry, depth.pairing, demo.depth_scenes):
 the geometry against hand-computed values, without ROS."""
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def fill_location(target: Instance3D, location: InstanceLocation | None) -> Inst
 
 
 def point_cloud_msg(cloud: np.ndarray, header: Header) -> PointCloud2:
-    """An unorganised PointCloud2 (height 1) of `depth_geometry.pack_points` output: fields x, y,
+    """An unorganised PointCloud2 (height 1) of `geometry.pack_points` output: fields x, y,
     z (float32) and instance_id (uint32), little-endian, 16 bytes a point."""
     from sensor_msgs.msg import PointCloud2, PointField
 

@@ -10,7 +10,7 @@ once and gets the result back; nothing of the 3-D step calls back into the node.
 frame gets exactly one outcome, counted per cause in /diagnostics:
 
   paired                 3-D computed (each instance then has its own status)
-  no_depth, depth_late, depth_early, depth_unmatched     no partner in time (depth_pairing)
+  no_depth, depth_late, depth_early, depth_unmatched     no partner in time (pairing)
   depth_encoding         the partner is not 16UC1/32FC1 (or not compressedDepth png)
   depth_malformed        its sizes, step or data do not add up, or it does not decode
   no_camera_info         nothing received on depth/camera_info yet
@@ -73,7 +73,7 @@ class DepthResult:
     problem: str = ""
     header: Any = None  # the depth image's std_msgs/Header when one was paired
     locations: list[InstanceLocation] | None = None
-    cloud: np.ndarray | None = None  # depth_geometry.POINT_DTYPE points, when asked for
+    cloud: np.ndarray | None = None  # geometry.POINT_DTYPE points, when asked for
     warnings: list[str] = field(default_factory=list)  # one-time notes for the log
     latency: float = 0.0  # seconds the whole 3-D step took (set by `locate_frame`)
     cloud_msg: Any = None  # sensor_msgs/PointCloud2 of `cloud` (built by `locate_frame`)

@@ -1,6 +1,6 @@
 """How instance masks are laid out in our messages: cropped to their box, and the label image.
 
-Pure numpy, no ROS imports: the live node (through `instance_conversions`, rclpy messages) and
+Pure numpy, no ROS imports: the live node (through `messages.instances`, rclpy messages) and
 `instructsam annotate-bag` (rosbags messages, no ROS installation) share these rules, so a
 recorded annotation and a live one are pixel for pixel the same.
 """

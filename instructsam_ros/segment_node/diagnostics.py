@@ -6,7 +6,7 @@ malformed), how long the model takes, how old frames are when processed, and how
 memory the model holds. A node of several cameras publishes one status for the node (all
 cameras together, batch sizes, memory) and one per camera (its instruction, counters, latency).
 With depth input, every status also counts each colour frame's 3-D outcome by cause
-(`3d_paired`, `3d_no_depth`, `3d_depth_late`, ...: depth_input.OUTCOMES) and times the 3-D step.
+(`3d_paired`, `3d_no_depth`, `3d_depth_late`, ...: depth.step.OUTCOMES) and times the 3-D step.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class StreamStats:
         self.batches = 0
         self.batched_frames = 0
         self.largest_batch = 0
-        # 3-D from depth: one outcome per colour frame (depth_input.OUTCOMES) and the step's time.
+        # 3-D from depth: one outcome per colour frame (depth.step.OUTCOMES) and the step's time.
         self.depth_enabled = False
         self.depth_outcomes: dict[str, int] = dict.fromkeys(DEPTH_OUTCOMES, 0)
         self._depth_latencies: deque[float] = deque(maxlen=window)

@@ -1,4 +1,4 @@
-"""Depth images, CameraInfo and 3-D output as rclpy messages (depth_conversions, depth_input),
+"""Depth images, CameraInfo and 3-D output as rclpy messages (depth.conversions, depth.step),
 on hand-built messages: every way a depth input can be wrong is refused with its cause."""
 from __future__ import annotations
 
