@@ -128,7 +128,7 @@ class CameraSetup:
             self.node.destroy_publisher(publisher)
 
 
-def run_cameras(args: argparse.Namespace, model: str, model_name: str, scratch: Path) -> int:
+def run_cameras(args: argparse.Namespace, model: str, model_name: str, scratch: Path) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -170,10 +170,7 @@ def run_cameras(args: argparse.Namespace, model: str, model_name: str, scratch: 
         executor.shutdown(timeout_sec=1)
         node.destroy_node()
         rclpy.try_shutdown()
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    print(cameras_markdown(report))
-    return 0
+    return report
 
 
 def cameras_markdown(report: dict) -> str:

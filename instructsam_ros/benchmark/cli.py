@@ -36,9 +36,10 @@ import tempfile
 from pathlib import Path
 
 from instructsam_core.errors import UserError
-from instructsam_ros.benchmark.cameras import run_cameras
+from instructsam_ros.benchmark.cameras import cameras_markdown, run_cameras
 from instructsam_ros.benchmark.depth import markdown as depth_markdown
 from instructsam_ros.benchmark.depth import run_depth
+from instructsam_ros.benchmark.latency import markdown as latency_markdown
 from instructsam_ros.benchmark.latency import run_latency
 from instructsam_ros.benchmark.session import hardware
 from instructsam_ros.dds.profiles import use_large_data_profile
@@ -91,14 +92,15 @@ def run(args: argparse.Namespace) -> int:
         resolve_model_dir(model)  # a clear error before any process starts
         model_name = model
     if args.cameras:
-        return run_cameras(args, model, model_name, scratch)
-    if args.depth:
-        report = run_depth(args, model, model_name, scratch, hardware())
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2))
-        print(depth_markdown(report))
-        return 0
-    return run_latency(args, model, model_name, scratch)
+        report, table = run_cameras(args, model, model_name, scratch), cameras_markdown
+    elif args.depth:
+        report, table = run_depth(args, model, model_name, scratch, hardware()), depth_markdown
+    else:
+        report, table = run_latency(args, model, model_name, scratch), latency_markdown
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(table(report))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from instructsam_core.errors import UserError
 from instructsam_ros.benchmark.session import INSTRUCTION, Session, frame_message, hardware, peak_rate
 
 
-def run_latency(args: argparse.Namespace, model: str, model_name: str, scratch: Path) -> int:
+def run_latency(args: argparse.Namespace, model: str, model_name: str, scratch: Path) -> dict:
     session = Session(model, args.device, args.threshold, scratch / "node.log")
     report = {"model": model_name, "device": args.device, "hardware": hardware(), "instruction": INSTRUCTION, "sizes": []}
     try:
@@ -33,10 +33,7 @@ def run_latency(args: argparse.Namespace, model: str, model_name: str, scratch: 
             report["sizes"].append(entry)
     finally:
         session.close()
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    print(markdown(report))
-    return 0
+    return report
 
 
 def markdown(report: dict) -> str:
