@@ -52,6 +52,11 @@ setup(
             "instructsam=instructsam_core.cli:main",
             "instructsam-segment-node=instructsam_ros.segment_node:main",
             "instructsam-demo=instructsam_ros.demo:main",
-        ]
+        ],
+        # Commands other packages add to `instructsam` (instructsam_core/cli.py finds them here;
+        # the core imports nothing of instructsam_ros).
+        "instructsam.commands": [
+            "annotate-bag=instructsam_ros.bags.command:register",
+        ],
     },
 )

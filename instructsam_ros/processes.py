@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the directory holding this copy of instructsam_ros
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with this copy's directory first on PYTHONPATH, so that a child
+    started as `python -m instructsam_ros...` runs the same code as its parent."""
+    paths = (str(_CHECKOUT), os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def _die_with_parent() -> None:

@@ -30,8 +30,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from instructsam_ros.cameras import depth_remappings, image_remappings, parse_camera_argument
-from instructsam_ros.dds_profile import profile_variables
+from instructsam_ros.segment_node.cameras import depth_remappings, image_remappings, parse_camera_argument
+from instructsam_ros.dds.profiles import profile_variables
 
 
 def _segment_node(context):

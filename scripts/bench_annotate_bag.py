@@ -35,7 +35,7 @@ def hardware() -> str:
     """The node benchmark's hardware line plus torch's thread count (the I/O threads' rule)."""
     import torch
 
-    from instructsam_ros.benchmark import hardware as machine
+    from instructsam_ros.benchmark.session import hardware as machine
 
     return f"{machine()}, {torch.get_num_threads()} threads"
 
@@ -106,7 +106,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from instructsam_core.predictor import Predictor
-    from instructsam_ros.bag_annotation import AnnotateOptions, annotate_bag
+    from instructsam_ros.bags.annotate import annotate_bag
+    from instructsam_ros.bags.options import AnnotateOptions
 
     width, height = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench_annotate_bag_"))

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be in (0, 100] and --seconds in (0, 600]")
     if not args.profile.is_file():
         parser.error(f"--profile {args.profile} is not a file")
-    from instructsam_ros.dds_profile import profile_variables
+    from instructsam_ros.dds.profiles import profile_variables
 
     for name in profile_variables():  # the name this distribution's Fast DDS reads
         os.environ[name] = str(args.profile.resolve())

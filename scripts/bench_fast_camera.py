@@ -30,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", "43")
-    from instructsam_ros.dds_profile import use_large_data_profile
+    from instructsam_ros.dds.profiles import use_large_data_profile
 
     use_large_data_profile()
     import rclpy
@@ -40,10 +40,10 @@ def main() -> int:
     from std_msgs.msg import String
 
     from instructsam_core.tiny import write_tiny_model
-    from instructsam_ros.image_conversions import array_to_image_msg
+    from instructsam_ros.messages.images import array_to_image_msg
     from instructsam_ros.interfaces import InstanceSegmentation
     from instructsam_ros.processes import start_child, stop_child
-    from instructsam_ros.qos import instruction_qos, stream_qos
+    from instructsam_ros.dds.qos import instruction_qos, stream_qos
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_fast_camera_"))
     model = write_tiny_model(scratch / "tiny", seed=0)

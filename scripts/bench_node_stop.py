@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be in 1..100")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", "44")
-    from instructsam_ros.dds_profile import use_large_data_profile
+    from instructsam_ros.dds.profiles import use_large_data_profile
 
     use_large_data_profile()  # this process, and through the environment the node
     sys.path.insert(0, str(REPO / "tests" / "ros"))

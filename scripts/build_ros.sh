@@ -13,11 +13,13 @@ INSTALL_BASE=${INSTRUCTSAM_ROS_INSTALL:-install/ros}
 STAMP="$INSTALL_BASE/.instructsam_ros_build_stamp"
 
 # Everything the generated code depends on; the Python sources are installed too, but the
-# node runs from the source tree in development, so they do not force a rebuild.
+# node runs from the source tree in development, so their contents do not force a rebuild.
+# Their names do: a module moved or removed must not linger in the install space.
 shopt -s nullglob
 INPUTS=(package.xml CMakeLists.txt msg/*.msg srv/*.srv launch/* instructsam_ros/config/*)
 fingerprint() {
-  { sha256sum "${INPUTS[@]}"; python -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -d' ' -f1
+  { sha256sum "${INPUTS[@]}"; find instructsam_ros instructsam_core -name '*.py' -not -path '*/__pycache__/*' | sort
+    python -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -d' ' -f1
 }
 WANT=$(fingerprint)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
@@ -29,6 +31,10 @@ fi
 export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 start=$(date +%s)
+# The installed copies of the Python packages go first (CMake's install only adds files, so a
+# moved module would stay importable there); the install step puts back what is current,
+# generated interfaces included.
+rm -rf "$INSTALL_BASE"/lib/python3*/site-packages/instructsam_ros "$INSTALL_BASE"/lib/python3*/site-packages/instructsam_core
 colcon --log-base log/ros build \
   --paths "$ROOT" \
   --build-base "$BUILD_BASE" \

@@ -28,7 +28,7 @@ import numpy as np
 def demo_objects(seed: int, height: int, width: int) -> list[tuple[str, np.ndarray]]:
     """(shape, mask at the frame size) of every object of the demo's scene for `seed`."""
     from instructsam_core import synth
-    from instructsam_ros.demo import synthetic_scene
+    from instructsam_ros.demo.scenes import synthetic_scene
 
     rng = np.random.default_rng(seed)
     for _ in range(100):
@@ -56,7 +56,7 @@ def main() -> int:
     from instructsam_core import synth
     from instructsam_core.masks import mask_iou
     from instructsam_core.predictor import Predictor
-    from instructsam_ros.demo import default_instructions, synthetic_scene
+    from instructsam_ros.demo.scenes import default_instructions, synthetic_scene
 
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.lower().split("x"))

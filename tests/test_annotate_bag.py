@@ -243,7 +243,7 @@ def test_reader_and_writer_threads_write_the_same_bytes(tmp_path, tiny_model_dir
 ])
 def test_auto_io_threads_only_when_the_model_leaves_a_core_idle(monkeypatch, tmp_path, device, torch_threads, cores,
                                                                 expected):
-    from instructsam_ros.bag_annotation import AnnotateOptions
+    from instructsam_ros.bags.options import AnnotateOptions
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))

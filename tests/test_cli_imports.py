@@ -66,3 +66,11 @@ def test_predict_output_stays_free_of_library_progress_bars(tmp_path, picture):
                                         "--out", str(tmp_path / "out")])
     assert code == 0 and imported["transformers"]
     assert "Loading weights" not in stderr and "it/s]" not in stderr, stderr[-500:]
+
+
+def test_annotate_bag_reports_a_missing_bag_before_importing_the_model_side(tmp_path):
+    """The contributed command (instructsam_ros, through the entry point) keeps the discipline."""
+    code, imported, stderr = run_fresh(["annotate-bag", "--bag", str(tmp_path / "missing"), "--topics", "/camera",
+                                        "--instruction", "red circles", "--out", str(tmp_path / "out")])
+    assert code == 2 and "does not exist" in stderr and len(stderr.strip().splitlines()) == 1
+    assert imported == {"torch": False, "transformers": False}

@@ -15,7 +15,7 @@ import pytest
 from instructsam_core import synth
 from instructsam_core.masks import mask_iou
 from instructsam_core.predictor import Predictor
-from instructsam_ros.demo import default_instructions, demo_scene, synthetic_scene
+from instructsam_ros.demo.scenes import default_instructions, demo_scene, synthetic_scene
 
 NUM_SCENES = 16
 

@@ -1,4 +1,4 @@
-"""3-D instances from depth (instructsam_ros.depth_geometry, depth_pairing, synthetic_depth):
+"""3-D instances from depth (instructsam_ros.depth.geometry, depth.pairing, demo.depth_scenes):
 the geometry against hand-computed values, without ROS."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from instructsam_ros.depth_geometry import (
+from instructsam_ros.depth.geometry import (
     OK,
     TOO_FEW_VALID,
     BadDepthError,
@@ -21,7 +21,7 @@ from instructsam_ros.depth_geometry import (
     same_aspect,
     sorted_quantile,
 )
-from instructsam_ros.depth_pairing import (
+from instructsam_ros.depth.pairing import (
     DEPTH_EARLY,
     DEPTH_LATE,
     DEPTH_UNMATCHED,
@@ -29,7 +29,7 @@ from instructsam_ros.depth_pairing import (
     PAIRED,
     DepthQueue,
 )
-from instructsam_ros.synthetic_depth import Plate, pinhole, render, tabletop_scene, to_16uc1, with_holes
+from instructsam_ros.demo.depth_scenes import Plate, pinhole, render, tabletop_scene, to_16uc1, with_holes
 
 NAN = float("nan")
 

@@ -19,7 +19,7 @@ from instructsam_core.processing import InstructSamProcessor
 from instructsam_core.region_head import (
     CLEARED_LOGIT, CROP_MARGIN, RegionScoreHead, connected_regions, crop_regions, split_regions, square_boxes,
 )
-from instructsam_core.synth import _shape_mask
+from instructsam_core.synth.scenes import _shape_mask
 from instructsam_core.training.criterion import LossWeights, SetCriterion
 
 

@@ -33,7 +33,7 @@ _build_interfaces()
 # The packaged large-data profile for this process and every node it starts, under the name
 # this distribution's Fast DDS reads (imported after the build: the package attaches the built
 # interfaces when first imported).
-from instructsam_ros.dds_profile import DEFAULT_PROFILE, profile_variables  # noqa: E402
+from instructsam_ros.dds.profiles import DEFAULT_PROFILE, profile_variables  # noqa: E402
 
 for _name in profile_variables():
     os.environ[_name] = str(DEFAULT_PROFILE)

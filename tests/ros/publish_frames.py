@@ -4,7 +4,7 @@
 
 Waits for a subscriber, then publishes zero frames of each size at RATE_HZ with fresh stamps
 (best effort, depth 1, like a camera) and prints one JSON line per frame: {"size", "stamp_ns"}.
-The Fast DDS profile comes from the environment (dds_profile.profile_variables names it).
+The Fast DDS profile comes from the environment (dds.profiles.profile_variables names it).
 """
 from __future__ import annotations
 

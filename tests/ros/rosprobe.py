@@ -24,7 +24,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from instructsam_ros.image_conversions import array_to_image_msg
+from instructsam_ros.messages.images import array_to_image_msg
 from instructsam_ros.msg import InstanceSegmentation
 
 REPO = Path(__file__).resolve().parents[2]

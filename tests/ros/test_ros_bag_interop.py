@@ -15,8 +15,8 @@ from sensor_msgs.msg import Image
 from bagmaker import coco, deserialize, write_bag
 from instructsam_core.cli import main
 from instructsam_ros import generated_install_dir
-from instructsam_ros.image_conversions import image_msg_to_array
-from instructsam_ros.instance_conversions import msg_to_mask
+from instructsam_ros.messages.images import image_msg_to_array
+from instructsam_ros.messages.instances import msg_to_mask
 from instructsam_ros.interfaces import InstanceSegmentation
 
 TOPIC = "/cam/image_raw"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from instructsam_ros.cameras import (
+from instructsam_ros.segment_node.cameras import (
     MAX_CAMERAS,
     camera_list,
     camera_names_problem,
@@ -16,8 +16,8 @@ from instructsam_ros.cameras import (
     parse_camera_argument,
     split_camera_parameter,
 )
-from instructsam_ros.frame_slot import LatestSlots
-from instructsam_ros.parameters import CAMERA_PARAMETERS, camera_spec, validate
+from instructsam_ros.segment_node.frame_slot import LatestSlots
+from instructsam_ros.segment_node.parameters import CAMERA_PARAMETERS, camera_spec, validate
 
 
 # ----------------------------------------------------------------------------- names
@@ -207,10 +207,10 @@ class _EagerNode:
 def test_a_message_delivered_while_the_stream_is_built_reaches_a_complete_stream(depth, compressed):
     """CI once saw `'CameraStream' object has no attribute 'depth'`: an image arrived between
     the image subscription's creation and the depth attribute's assignment."""
-    from instructsam_ros.camera_stream import CameraStream
-    from instructsam_ros.diagnostics import StreamStats
-    from instructsam_ros.parameters import PARAMETERS
-    from instructsam_ros.segmenter import InstructionState
+    from instructsam_ros.segment_node.camera_stream import CameraStream
+    from instructsam_ros.segment_node.diagnostics import StreamStats
+    from instructsam_ros.segment_node.parameters import PARAMETERS
+    from instructsam_ros.segment_node.segmenter import InstructionState
 
     settings = {entry.name: entry.default for entry in PARAMETERS}
     settings.update(depth=depth, use_compressed=compressed)

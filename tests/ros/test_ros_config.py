@@ -10,17 +10,18 @@ import pytest
 import yaml
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
-from instructsam_ros.dds_profile import (
+from instructsam_ros.dds.profiles import (
     DEFAULT_PROFILE,
     LARGE_FRAMES_PROFILE,
     frame_limit_report,
     profile_variables,
     shared_memory_limit,
 )
-from instructsam_ros.diagnostics import FrameTiming, StreamStats, build_diagnostics
-from instructsam_ros.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
-from instructsam_ros.qos import instruction_qos, stream_qos
-from instructsam_ros.segment_node import ProblemLog, use_large_data_profile
+from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats, build_diagnostics
+from instructsam_ros.segment_node.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
+from instructsam_ros.dds.qos import instruction_qos, stream_qos
+from instructsam_ros.dds.profiles import use_large_data_profile
+from instructsam_ros.segment_node.diagnostics import ProblemLog
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "segment.launch.py"
@@ -278,6 +279,6 @@ def test_build_installs_what_ros2_run_and_ros2_launch_need():
         assert f"from instructsam_ros.{exe} import main" in script.read_text()
     site = next(prefix.glob("lib/python3*/site-packages"))
     assert (site / "instructsam_ros" / "msg" / "_instance.py").is_file()  # generated
-    assert (site / "instructsam_ros" / "segment_node.py").is_file()  # hand-written, same package
+    assert (site / "instructsam_ros" / "segment_node" / "node.py").is_file()  # hand-written, same package
     assert (site / "instructsam_core" / "predictor.py").is_file()
     assert (share / "package.xml").is_file()

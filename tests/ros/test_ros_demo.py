@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 
 from instructsam_core.model_paths import DEFAULT_MODEL_DIR
-from instructsam_ros.demo import pick_model
+from instructsam_ros.demo.run import pick_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Depth images, CameraInfo and 3-D output as rclpy messages (depth_conversions, depth_input),
+"""Depth images, CameraInfo and 3-D output as rclpy messages (depth.conversions, depth.step),
 on hand-built messages: every way a depth input can be wrong is refused with its cause."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from instructsam_ros.depth_conversions import (
+from instructsam_ros.depth.conversions import (
     camera_info_intrinsics,
     cloud_msg_to_array,
     compressed_depth_to_array,
@@ -17,10 +17,10 @@ from instructsam_ros.depth_conversions import (
     encode_compressed_depth,
     point_cloud_msg,
 )
-from instructsam_ros.depth_geometry import BadDepthError, DepthSettings, InstanceLocation
-from instructsam_ros.depth_input import DEPTH_OK, DEPTH_REJECTED, DepthInput, apply_depth
+from instructsam_ros.depth.geometry import BadDepthError, DepthSettings, InstanceLocation
+from instructsam_ros.depth.step import DEPTH_OK, DEPTH_REJECTED, DepthInput, apply_depth
 from instructsam_ros.interfaces import Instance, InstanceSegmentation
-from instructsam_ros.synthetic_depth import Plate, pinhole, render, to_16uc1
+from instructsam_ros.demo.depth_scenes import Plate, pinhole, render, to_16uc1
 
 MAX = 16_777_216
 
@@ -214,8 +214,8 @@ def test_no_depth_status_without_depth_is_the_message_default():
 
 def test_overlay_label_carries_the_distance_only_when_located():
     from instructsam_core.instances import Instance as CoreInstance
-    from instructsam_ros.mask_layout import label_image
-    from instructsam_ros.overlay import draw_overlay
+    from instructsam_ros.messages.mask_layout import label_image
+    from instructsam_ros.messages.overlay import draw_overlay
 
     rgb = np.full((60, 200, 3), 255, np.uint8)
     mask = np.zeros((60, 200), bool)
@@ -233,8 +233,8 @@ def test_overlay_label_carries_the_distance_only_when_located():
 
 
 def test_diagnostics_count_3d_outcomes_per_cause_only_with_depth():
-    from instructsam_ros.depth_input import OUTCOMES
-    from instructsam_ros.diagnostics import StreamStats, build_status
+    from instructsam_ros.depth.step import OUTCOMES
+    from instructsam_ros.segment_node.diagnostics import StreamStats, build_status
 
     stats = StreamStats()
     assert not any(kv.key.startswith("3d_") for kv in build_status("n", "h", 0, "m", stats, {}).values)
@@ -249,7 +249,7 @@ def test_diagnostics_count_3d_outcomes_per_cause_only_with_depth():
 
 
 def test_depth_queue_size_changes_keep_the_newest():
-    from instructsam_ros.depth_pairing import DepthQueue
+    from instructsam_ros.depth.pairing import DepthQueue
 
     queue = DepthQueue(size=4)
     for stamp in range(4):
@@ -266,7 +266,7 @@ def test_launch_depth_arguments_become_remappings():
     import ast
     from pathlib import Path
 
-    from instructsam_ros.cameras import depth_remappings
+    from instructsam_ros.segment_node.cameras import depth_remappings
 
     assert depth_remappings([], "", "") == []
     assert depth_remappings([], "/cam/aligned_depth_to_color/image_raw", "") == [

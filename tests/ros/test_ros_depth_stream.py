@@ -21,9 +21,9 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from instructsam_ros.depth_conversions import cloud_msg_to_array
-from instructsam_ros.instance_conversions import msg_to_mask
-from instructsam_ros.synthetic_depth import Plate, pinhole, render, to_16uc1, with_holes
+from instructsam_ros.depth.conversions import cloud_msg_to_array
+from instructsam_ros.messages.instances import msg_to_mask
+from instructsam_ros.demo.depth_scenes import Plate, pinhole, render, to_16uc1, with_holes
 from rosprobe import Probe, stamp_ns, unique_stamp, wait_for
 
 NS = "/depth_test"
@@ -243,7 +243,7 @@ def test_each_camera_pairs_its_own_compressed_depth(start_node, harness, tiny_mo
     import cv2
     from sensor_msgs.msg import CompressedImage
 
-    from instructsam_ros.depth_conversions import encode_compressed_depth
+    from instructsam_ros.depth.conversions import encode_compressed_depth
 
     ns = "/depth_cameras_test"
     process = start_node(ns, {"model": str(tiny_model_dir), "device": "cpu", "threshold": 0.0, "max_frame_age": 5.0,

@@ -7,7 +7,7 @@ import time
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
-from instructsam_ros.executor import FramesInlineExecutor
+from instructsam_ros.segment_node.executor import FramesInlineExecutor
 
 
 def test_inline_callbacks_keep_running_while_a_pooled_callback_blocks(harness):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from instructsam_ros.image_conversions import (
+from instructsam_ros.messages.images import (
     BadImageError,
     array_to_image_msg,
     compressed_msg_to_rgb,

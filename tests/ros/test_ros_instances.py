@@ -9,17 +9,17 @@ from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
 from instructsam_core.instances import Instance, Prediction, mask_to_box
-from instructsam_ros.frame_slot import LatestSlot
-from instructsam_ros.image_conversions import image_msg_to_array
-from instructsam_ros.instance_conversions import (
+from instructsam_ros.segment_node.frame_slot import LatestSlot
+from instructsam_ros.messages.images import image_msg_to_array
+from instructsam_ros.messages.instances import (
     instance_to_msg,
     label_image,
     msg_to_mask,
     prediction_to_msg,
     tight_box,
 )
-from instructsam_ros.overlay import PALETTE, draw_overlay
-from instructsam_ros.tracking import MAX_ID, InstanceTracker, box_iou
+from instructsam_ros.messages.overlay import PALETTE, draw_overlay
+from instructsam_ros.messages.tracking import MAX_ID, InstanceTracker, box_iou
 
 
 def make_instance(mask: np.ndarray, score: float, phrase: str = "cup") -> Instance:

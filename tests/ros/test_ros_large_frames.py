@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from instructsam_ros.dds_profile import LARGE_FRAMES_PROFILE, profile_variables
+from instructsam_ros.dds.profiles import LARGE_FRAMES_PROFILE, profile_variables
 from rosprobe import REPO, Probe, wait_for
 
 NS = "/large_frames_test"

@@ -14,7 +14,7 @@ import pytest
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 
-from instructsam_ros.image_conversions import image_msg_to_array
+from instructsam_ros.messages.images import image_msg_to_array
 from instructsam_ros.srv import Segment
 from rosprobe import Probe, stamp_ns, test_scene, unique_stamp, wait_for
 

@@ -9,8 +9,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from instructsam_ros.parameters import PARAMETERS
-from instructsam_ros.segment_node import SegmentNode
+from instructsam_ros.segment_node.parameters import PARAMETERS
+from instructsam_ros.segment_node.node import SegmentNode
 from rosprobe import RELIABLE, wait_for
 
 FLOAT_PARAMETERS = [entry for entry in PARAMETERS if isinstance(entry.default, float)]

@@ -13,8 +13,8 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from instructsam_ros.image_conversions import image_msg_to_array
-from instructsam_ros.instance_conversions import msg_to_mask
+from instructsam_ros.messages.images import image_msg_to_array
+from instructsam_ros.messages.instances import msg_to_mask
 from instructsam_ros.srv import Segment
 from rosprobe import Probe, stamp_ns, test_scene, wait_for
 

@@ -6,7 +6,7 @@ import pytest
 
 import torch
 
-from instructsam_ros.segmenter import BadInstructionError, DeviceUnavailableError, InstructionState, load_segmenter, resolve_device
+from instructsam_ros.segment_node.segmenter import BadInstructionError, DeviceUnavailableError, InstructionState, load_segmenter, resolve_device
 
 REASONING = "which shapes could roll like a wheel?"  # not a bare phrase: needs generation
 
@@ -140,7 +140,7 @@ def test_sam3_config_parameter_overrides_where_sam3_comes_from(tmp_path):
 
 def test_inference_layout_parameter_overrides_the_models_own(tiny_model_dir):
     from instructsam_core.configuration import INFERENCE_LAYOUTS
-    from instructsam_ros.parameters import INFERENCE_LAYOUTS as ROS_LAYOUTS, validate
+    from instructsam_ros.segment_node.parameters import INFERENCE_LAYOUTS as ROS_LAYOUTS, validate
 
     assert ROS_LAYOUTS == INFERENCE_LAYOUTS
 
@@ -158,8 +158,8 @@ def test_inference_layout_parameter_overrides_the_models_own(tiny_model_dir):
 
 # ----------------------------------------------------------------------------- several cameras
 def camera_request(image, instruction, instruction_id=1, fixed=(), admit=None):
-    from instructsam_ros.segmenter import PhraseCache, StreamRequest
-    from instructsam_ros.tracking import InstanceTracker
+    from instructsam_ros.segment_node.segmenter import PhraseCache, StreamRequest
+    from instructsam_ros.messages.tracking import InstanceTracker
 
     return StreamRequest(image, instruction, instruction_id, list(fixed), PhraseCache(), InstanceTracker(), admit)
 
