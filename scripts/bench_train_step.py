@@ -3,14 +3,16 @@
     python scripts/bench_train_step.py [--steps 25] [--repeat 2] [--other DIR]
 
 Each run trains a scratch tiny model (instructsam_core.tiny defaults) on `instructsam synth`
-data (24 images, one hard negative per instseg record) for --steps steps of 4 examples, in a
-process of its own with two threads, and reports the mean seconds per step after the first
-three (start-up and first-touch allocations excluded) and its last logged losses. Variants:
-"release" (the recipe defaults: the release's training) and "synthetic" (the options of
+data (24 images, one hard negative per instseg record) for --steps steps of 8 examples, in a
+process of its own with two threads, and reports the median and the fastest seconds per step
+after the first three (start-up and first-touch allocations excluded; the median and the minimum
+because other jobs on a shared machine stretch single steps) and its last logged losses. Variants:
+"defaults" (the recipe defaults: here the release's training) and "synthetic" (the options of
 training/synthetic.yaml, which trained the embedded default model). `--other DIR` also runs the
-checkout in DIR (e.g. `git archive BASE | tar -x -C DIR`) with the "synthetic" options it knows
-(before the release's behaviour became the default, they were its defaults), interleaved with this
-one's runs so both see the same machine load; its losses should match this checkout's "synthetic".
+checkout in DIR (e.g. `git archive BASE | tar -x -C DIR`) with the same recipes (of the synthetic
+options, those its recipes know), interleaved with this one's runs so both see the same machine
+load; with the synthetic options both do the same work, and their losses should agree. Each run
+also reports the query blocks (phrases) and answer tokens per step, the work a step does.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
         "data": {"mixture": [{"name": "synth", "path": "train.json"}], "num_workers": 0},
         "optimizer": {"lr_groups": [{"name": "all", "pattern": "", "lr": 1.0e-3}], "fused": True},
         "schedule": {"max_steps": args.steps, "warmup_ratio": 0.1},
-        "batch": {"per_device": 4, "grad_accum": 1},
+        "batch": {"per_device": 8, "grad_accum": 1},
         "precision": "fp32",
         "threads": 2,
         "loss": {"num_points": 2304, "weights": {"mask_dice": 4.0}},
@@ -75,11 +77,26 @@ def worker(args: argparse.Namespace) -> None:
     path = work / f"recipe-{os.getpid()}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = work / f"run-{os.getpid()}"
+    work_done = {"phrases": 0, "tokens": 0, "calls": 0}
+    from instructsam_core.training import trainer as trainer_module
+
+    criterion_call = trainer_module.SetCriterion.__call__
+
+    def counting(self, mask_logits, *rest, **kwargs):
+        labels = rest[3] if len(rest) > 3 else kwargs.get("labels")
+        work_done["phrases"] += 0 if mask_logits is None else int(mask_logits.shape[0])
+        work_done["tokens"] += int((labels != -100).sum()) if labels is not None else 0
+        work_done["calls"] += 1
+        return criterion_call(self, mask_logits, *rest, **kwargs)
+
+    trainer_module.SetCriterion.__call__ = counting
     Trainer(load_recipe(path), data, run, progress=False).run()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    per_step = (log[-1]["elapsed_s"] - log[2]["elapsed_s"]) / (len(log) - 3)
+    steps = sorted(b["elapsed_s"] - a["elapsed_s"] for a, b in zip(log[2:], log[3:]))
     print(json.dumps({"code": str(Path(instructsam_core.__file__).parents[1]), "variant": args.variant,
-                      "s_per_step": per_step, "last": {k: log[-1][k] for k in ("loss", "text", "mask_bce",
+                      "median_s": steps[len(steps) // 2], "min_s": steps[0],
+                      "phrases_per_step": work_done["phrases"] / work_done["calls"],
+                      "tokens_per_step": work_done["tokens"] / work_done["calls"], "last": {k: log[-1][k] for k in ("loss", "text", "mask_bce",
                                                                                 "mask_dice", "score")}}))
 
 
@@ -89,15 +106,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--other", type=Path, default=None, help="another checkout to time the same way")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", default="release", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="defaults", help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    runs = [(HERE, "release"), (HERE, "synthetic")]
+    runs = [(HERE, "defaults"), (HERE, "synthetic")]
     if args.other is not None:
-        runs.insert(0, (args.other.resolve(), "synthetic"))
+        runs = [(args.other.resolve(), "defaults"), runs[0], (args.other.resolve(), "synthetic"), runs[1]]
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as work:
         for _ in range(args.repeat):
@@ -108,10 +125,12 @@ def main() -> None:
                 out = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=work)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault((result["code"], variant), []).append(result)
-    print(f"tiny model, {args.steps} steps of 4, 2 threads; seconds per step after the first three")
+    print(f"tiny model, {args.steps} steps of 8, 2 threads; seconds per step after the first three, "
+          "median / fastest of each run")
     for (code, variant), found in results.items():
-        times = ", ".join(f"{r['s_per_step']:.3f}" for r in found)
-        print(f"{code} [{variant}]: {times}; last losses {found[-1]['last']}")
+        times = ", ".join(f"{r['median_s']:.2f} / {r['min_s']:.2f}" for r in found)
+        print(f"{code} [{variant}]: {times}; {found[-1]['phrases_per_step']:.1f} phrases and "
+              f"{found[-1]['tokens_per_step']:.0f} answer tokens a step; last losses {found[-1]['last']}")
 
 
 if __name__ == "__main__":
