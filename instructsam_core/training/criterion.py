@@ -303,7 +303,9 @@ class SetCriterion:
         outputs = (mask_logits, score_logits, pred_boxes, semantic_logits, presence_logits, region_logits)
         # Outputs of phrases left out still join the total (times 0): every process then has the
         # same graph shape, whatever its samples.
-        anchor = sum((t.float().sum() * 0.0 for t in outputs if t is not None), torch.zeros(()))
+        present = [t for t in outputs if t is not None]
+        device = present[0].device if present else (text.device if text is not None else None)
+        anchor = sum((t.float().sum() * 0.0 for t in present), torch.zeros((), device=device))
         if mask_logits is not None and active is not None and not bool(active.all()):
             keep = active.to(mask_logits.device).nonzero().flatten()
             targets = [targets[i] for i in keep.tolist()]
@@ -315,7 +317,7 @@ class SetCriterion:
             terms["loss"] = self.weights.text * terms["text"] + anchor
             return terms
         terms = self._set_terms(text, *outputs[:2], targets, generator, *outputs[2:])
-        terms["loss"] = terms["loss"] + anchor.to(terms["loss"].device)
+        terms["loss"] = terms["loss"] + anchor
         return terms
 
     def _set_terms(self, text, mask_logits, score_logits, targets, generator, pred_boxes, semantic_logits,
