@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
 from instructsam_core.training.collate import TrainingCollator
 from instructsam_core.training.criterion import SetCriterion
