@@ -41,7 +41,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["instructsam_core", "instructsam_core.*", "instructsam_ros", "instructsam_ros.*"]),
     include_package_data=True,
-    package_data={"instructsam_core": ["default_model/*", "default_model/sam3/*", "assets/*"], "instructsam_ros": ["config/*"]},
+    package_data={"instructsam_core": ["default_model/*", "default_model/sam3/*", "assets/*", "training/*.json"], "instructsam_ros": ["config/*"]},
     # The message definitions, where annotate-bag finds them without a colcon build
     # (<prefix>/share/instructsam_ros/msg, as ament installs them).
     data_files=[("share/instructsam_ros/msg", sorted(glob("msg/*.msg")))],

@@ -199,10 +199,12 @@ def _polygons_to_mask(polygons: Sequence[Any], height: int | None, width: int | 
 
 
 def decode_bbox(box: Any, height: int, width: int) -> np.ndarray:
-    """Fill an [x, y, w, h] box (pixels, clipped to the image) as a mask.
+    """Fill an [x, y, w, h] box (pixels, clipped to the image) as a mask, the release's way.
 
-    Why: box-only annotations still train the mask head with a coarse target, the way the
-    release treats `ann_type: "bbox"`. Pixel (c, r) is inside when its centre lies in the box.
+    Why: box-only annotations can train the mask head with a coarse target. As in the release's
+    dataset, the corner is clipped at 0 and truncated, x0 = int(max(x, 0)), and so are the sizes,
+    w' = int(min(w, width - x0)) (likewise for y and h): rows y0 .. y0 + h' - 1 and columns
+    x0 .. x0 + w' - 1 are inside.
     """
     _check_dims(height, width)
     box = _maybe_json(box) if isinstance(box, (str, bytes, bytearray)) else box
@@ -214,11 +216,8 @@ def decode_bbox(box: Any, height: int, width: int) -> np.ndarray:
     if w < 0 or h < 0:
         raise MaskFormatError(f"a bbox must have non-negative width and height, got {box!r}")
     mask = np.zeros((height, width), dtype=bool)
-    # Pixel centres at c + 0.5: first column with centre >= x, last with centre < x + w.
-    c0 = max(0, int(math.ceil(x - 0.5)))
-    c1 = min(width, int(math.ceil(x + w - 0.5)))
-    r0 = max(0, int(math.ceil(y - 0.5)))
-    r1 = min(height, int(math.ceil(y + h - 0.5)))
+    c0, r0 = int(max(x, 0.0)), int(max(y, 0.0))
+    c1, r1 = c0 + int(min(w, width - c0)), r0 + int(min(h, height - r0))
     if c1 > c0 and r1 > r0:
         mask[r0:r1, c0:c1] = True
     return mask

@@ -323,6 +323,8 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         sam_pixel_values: torch.Tensor | None = None,
         compute_logits: bool = True,
         prompt_lengths: torch.Tensor | None = None,
+        phrase_ids: torch.Tensor | None = None,
+        phrase_mask: torch.Tensor | None = None,
         **_: object,
     ) -> InstructSamOutput:
         """One pass over complete sequences (training, and the single-forward inference path).
@@ -331,6 +333,9 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
         `input_ids` yields Q instances; `labels` are handled by the training loss, not here.
         In training mode the layout is the trained one (the release trains so); at inference the
         config's `inference_layout`, whose "release" needs `prompt_lengths` [B] (the processor's).
+        `phrase_ids`/`phrase_mask` [P, T], when given, are SAM3's prompt tokens of the P blocks (the
+        training collator passes the bare phrases, the release's training rule); otherwise they
+        come from the ref-marked phrases before each block, by `config.phrase_prompt`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -351,7 +356,12 @@ class InstructSamForSegmentation(Qwen3VLPreTrainedModel):
             raise ValueError(f"every query block must hold exactly {queries} [SEG] tokens")
         output.query_states = hidden[is_seg].reshape(-1, queries, hidden.shape[-1])
         phrases, rows = self.phrase_tokens(input_ids)
-        output.phrase_ids, output.phrase_mask = self.sam3_prompt(phrases)
+        if phrase_ids is None:
+            output.phrase_ids, output.phrase_mask = self.sam3_prompt(phrases)
+        elif phrase_ids.shape[0] != len(phrases) or phrase_mask is None:
+            raise ValueError(f"{phrase_ids.shape[0]} phrase prompts (with a mask) for {len(phrases)} query blocks")
+        else:
+            output.phrase_ids, output.phrase_mask = phrase_ids.to(input_ids.device), phrase_mask.to(input_ids.device)
         output.phrase_row = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
         if sam_pixel_values is not None:
             features = self.encode_sam_images(sam_pixel_values)

@@ -76,8 +76,12 @@ def test_bbox_fills_box_and_clips():
     expected = np.zeros((5, 6), dtype=bool)
     expected[2:4, 1:4] = True
     np.testing.assert_array_equal(mask, expected)
-    clipped = decode_bbox([4, -1, 10, 2], 5, 6)  # columns 4..5, row 0
-    assert clipped.sum() == 2 and clipped[0, 4] and clipped[0, 5]
+    # the release's rule: corner clipped at 0 and truncated, sizes truncated and cut at the image edge
+    # (not shortened by the clipped part): x0 4, w min(10, 6 - 4) = 2; y0 0, h min(2, 5 - 0) = 2
+    clipped = decode_bbox([4, -1, 10, 2], 5, 6)
+    assert clipped.sum() == 4 and clipped[0:2, 4:6].all()
+    truncated = decode_bbox([0.9, 1.7, 2.9, 1.2], 5, 6)  # x0 0, w 2; y0 1, h 1
+    assert truncated.sum() == 2 and truncated[1, 0:2].all()
 
 
 def test_decode_annotation_forms():

@@ -19,14 +19,18 @@ def test_dice_and_bce_costs_on_2x2_by_hand():
     # p = sigmoid([ln3, 0, 0, -ln3]) = [0.75, 0.5, 0.5, 0.25]; target = [1, 0, 0, 0]
     logits = torch.tensor([[math.log(3.0), 0.0, 0.0, -math.log(3.0)]], dtype=torch.float64)
     target = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    # dice = 1 - (2*0.75 + 1) / (2.0 + 1 + 1) = 1 - 2.5/4
-    assert torch.allclose(pairwise_dice_cost(logits, target), torch.tensor([[0.375]], dtype=torch.float64))
+    # matcher (release eps 1e-3): dice = 1 - (2*0.75 + 1e-3) / (2.0 + 1 + 1e-3)
+    expected_cost = 1.0 - (1.5 + 1e-3) / (3.0 + 1e-3)
+    assert torch.allclose(pairwise_dice_cost(logits, target), torch.tensor([[expected_cost]], dtype=torch.float64))
+    # smoothed by 1 (a recipe option): 1 - 2.5/4; the Dice loss always smooths by 1 (the release's eps=1)
+    assert torch.allclose(pairwise_dice_cost(logits, target, 1.0), torch.tensor([[0.375]], dtype=torch.float64))
     assert torch.allclose(dice_loss(logits, target), torch.tensor([0.375], dtype=torch.float64))
     # BCE: pixel 1 -log(0.75)=ln(4/3); pixels 2,3 ln2; pixel 4 -log(0.75)=ln(4/3) -> mean = ln(8/3)/2
     expected = math.log(8.0 / 3.0) / 2.0
     assert torch.allclose(pairwise_bce_cost(logits, target), torch.tensor([[expected]], dtype=torch.float64))
-    # soft dice without smoothing: 1.5 / 3.0
-    assert torch.allclose(soft_dice(logits, target), torch.tensor([0.5], dtype=torch.float64))
+    # soft dice of the score target: (1.5 + 1e-6) / (3.0 + 1e-6)
+    expected_dice = (1.5 + 1e-6) / (3.0 + 1e-6)
+    assert torch.allclose(soft_dice(logits, target), torch.tensor([expected_dice], dtype=torch.float64))
 
 
 def test_pairwise_costs_are_all_pairs():
@@ -34,8 +38,8 @@ def test_pairwise_costs_are_all_pairs():
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     dice = pairwise_dice_cost(logits, targets)
     assert dice[0, 0] < 0.01 and dice[1, 1] < 0.01
-    # wrong pairing: sum p ~1, sum t 1, overlap ~0 -> 1 - 1/3
-    assert abs(dice[0, 1].item() - 2.0 / 3.0) < 1e-3 and abs(dice[1, 0].item() - 2.0 / 3.0) < 1e-3
+    # wrong pairing: sum p ~1, sum t 1, overlap ~0 -> 1 - 1e-3 / 2
+    assert abs(dice[0, 1].item() - 1.0) < 1e-3 and abs(dice[1, 0].item() - 1.0) < 1e-3
 
 
 def _disjoint_masks(n, size=16):
@@ -81,7 +85,7 @@ def test_perfect_prediction_has_near_zero_mask_loss():
     logits = torch.full((1, 10, 16, 16), -20.0)
     logits[0, 1] = gt[0] * 40.0 - 20.0
     logits[0, 6] = gt[1] * 40.0 - 20.0
-    criterion = SetCriterion(num_points=200)
+    criterion = SetCriterion(num_points=200, point_mode="nearest")  # nearest: labels exactly 0/1
     out = criterion(logits, torch.zeros(1, 10), [gt], generator=torch.Generator().manual_seed(0))
     assert out["mask_bce"].item() < 1e-6
     assert out["mask_dice"].item() < 1e-3

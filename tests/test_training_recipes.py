@@ -26,15 +26,49 @@ def test_shipped_recipes_are_valid(name):
 
 def test_stage_recipes_follow_the_reference():
     stage1, stage2 = load_recipe(TRAINING / "stage1.yaml"), load_recipe(TRAINING / "stage2.yaml")
-    for recipe, (sam_lr, rest_lr) in ((stage1, (1e-5, 5e-6)), (stage2, (5e-6, 2e-6))):
+    # scripts/train/stage{1,2}.sh: projector/llm lr, sam_decoder lr, gradient accumulation
+    for recipe, (sam_lr, rest_lr, accum) in ((stage1, (1e-5, 5e-6, 2)), (stage2, (5e-6, 2e-6, 1))):
         lrs = [g["lr"] for g in recipe["optimizer"]["lr_groups"]]
-        assert lrs == [sam_lr, rest_lr]
+        assert lrs == [rest_lr, sam_lr, rest_lr]
         assert recipe["trainable"]["lora"] == {"r": 64, "alpha": 16, "dropout": 0.05,
                                                "target": recipe["trainable"]["lora"]["target"]}
         assert recipe["schedule"]["epochs"] == 1 and recipe["schedule"]["warmup_ratio"] == 0.03
+        assert recipe["schedule"]["warmup_from"] == 0
         assert recipe["seed"] == 42 and recipe["loss"]["num_points"] == 12544
-    repeats = {e.name: e.repeat for e in load_mixture_file(TRAINING / "mixtures" / "stage2.yaml")}
-    assert repeats["reasonseg"] == 10 and repeats["inst2seg"] == 1 and repeats["lisa_plus"] == 2
+        assert recipe["batch"] == {"per_device": 1, "grad_accum": accum, "accumulation": "sum",
+                                   "group_by_modality_length": True}
+        assert recipe["data"]["max_image_tokens"] == 8192 and recipe["data"]["json_dir"] == "training"
+        # every behaviour option at the release's value (the first of each choice)
+        assert (recipe["data"]["samples"], recipe["data"]["instruction_style"], recipe["data"]["multi_objects"],
+                recipe["data"]["merged_phrase"], recipe["data"]["point_annotations"]) == \
+            ("conversation", "release", True, "repeat", "question")
+        loss = recipe["loss"]
+        assert (loss["point_sampling"], loss["phrase_prompt"], loss["no_target_phrase"], loss["targetless_samples"],
+                loss["box_samples"], loss["score_target"], loss["matcher"]) == \
+            ("bilinear", "bare", "placeholder", "text_only", "text_only", "dice",
+             {"dice": 0.5, "mask": 2.0, "score": 1.0, "dice_smooth": 1e-3})
+    # the release's lists, file by file (data/stage1.txt: 48 files, data/stage2.txt: 10)
+    stage1_files = {e.path: e.repeat for e in load_mixture_file(TRAINING / "mixtures" / "stage1.yaml")}
+    assert len(stage1_files) == 48 and stage1_files["roborefit.json"] == 10 and stage1_files["refclef.json"] == 10
+    assert stage1_files["paco_ego4d_v1_train.json"] == 1 and stage1_files["obj365_cat_646k_part19.json"] == 1
+    assert stage1_files["obj365_phrase_final_mask_548k_part10.json"] == 1 and stage1_files["mapillary_part4.json"] == 1
+    repeats = {e.path: e.repeat for e in load_mixture_file(TRAINING / "mixtures" / "stage2.yaml")}
+    assert repeats == {"reason_seg_cat.json": 10, "roboafford_paco.json": 1, "refcoco.json": 2, "refcoco+.json": 2,
+                       "refcocog.json": 2, "grefcoco_single.json": 2, "refclef.json": 2, "lisa_plus_cot.json": 2,
+                       "lisa_plus_instance.json": 2, "inst2seg.json": 1}
+
+
+def test_synthetic_recipe_spells_out_what_trained_the_default_model():
+    synthetic = load_recipe(TRAINING / "synthetic.yaml")
+    resolved = load_recipe(TRAINING.parent / "instructsam_core" / "default_model" / "recipe.yaml")
+    assert synthetic.values == resolved.values
+    raw = yaml.safe_load((TRAINING / "synthetic.yaml").read_text())
+    assert raw["data"]["samples"] == "turns" and raw["schedule"]["warmup_from"] == 1
+    assert raw["batch"]["group_by_modality_length"] is False
+    for key, value in {"point_sampling": "nearest", "phrase_prompt": "model", "no_target_phrase": "unmatched",
+                       "targetless_samples": "all_terms", "box_samples": "mask"}.items():
+        assert raw["loss"][key] == value, key
+    assert raw["loss"]["matcher"]["dice_smooth"] == 1.0
 
 
 def test_recipe_errors_are_one_line_and_name_the_key(tmp_path):
@@ -66,8 +100,13 @@ def test_fingerprint_follows_content():
 
 def test_matcher_costs_are_recipe_keys():
     recipe = parse_recipe({**BASE, "loss": {"matcher": {"score": 0.0}, "score_target": "mask_iou"}})
-    assert recipe["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 0.0}
-    assert parse_recipe(BASE)["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 1.0}
+    assert recipe["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 0.0, "dice_smooth": 1e-3}
+    assert parse_recipe(BASE)["loss"]["matcher"] == {"dice": 0.5, "mask": 2.0, "score": 1.0, "dice_smooth": 1e-3}
+    with pytest.raises(UserError, match="loss.matcher.dice_smooth must be a positive number"):
+        parse_recipe({**BASE, "loss": {"matcher": {"dice_smooth": 0}}})
+    for section, key in (("data", "samples"), ("loss", "no_target_phrase"), ("batch", "accumulation")):
+        with pytest.raises(UserError, match=rf"{section}\.{key} must be one of .* \(the first is the release's\)"):
+            parse_recipe({**BASE, section: {**BASE.get(section, {}), key: "nonsense"}})
     with pytest.raises(UserError, match="loss.matcher.score must be a non-negative number"):
         parse_recipe({**BASE, "loss": {"matcher": {"score": -1}}})
     with pytest.raises(UserError, match="needs a mask cost"):

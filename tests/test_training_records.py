@@ -8,6 +8,7 @@ from instructsam_core.errors import UserError
 from instructsam_core.masks import encode_mask
 from instructsam_core.training.mixture import build_mixture, load_mixture_file, parse_mixture, repeat_records
 from instructsam_core.training.records import RecordError, read_records
+from instructsam_core.training.samples import SampleOptions, turn_samples
 
 H, W = 3, 4
 # Column-major (COCO) runs: 2 zeros, 3 ones, 7 zeros -> ones at (2,0), (0,1), (1,1)
@@ -41,46 +42,61 @@ def test_all_encodings_and_forms(tmp_path):
         {"image": "b.png", "height": H, "width": W, "annotation": json.dumps([
             _ann("What can I drink from?", [[[0, 0, 3, 0, 3, 2, 0, 2]]], kind="sentence", category="Cup"),
         ])},
-        # instseg: one turn with all phrases
         {"image": "c.png", "height": H, "width": W, "type": "instseg", "annotation": [
             _ann("cat", [RLE_LIST]), _ann("dog", None),
         ]},
     ]
-    samples, report = read_records(_write(tmp_path, records), tmp_path)
+    records_read, report = read_records(_write(tmp_path, records), tmp_path)
     assert report.records == 3 and report.samples == 3 and not report.skipped
-    first = samples[0]
-    assert first.image == tmp_path / "a.png"
-    assert first.phrases == ["red cup", "box thing", "unicorn"]
-    assert len(first.turns) == 3  # one turn per phrase annotation
-    assert "red cup" in first.turns[0].instruction.lower()
+    first = records_read[0]
+    assert first.image == tmp_path / "a.png" and not first.instseg
+    assert first.phrases == ["red cup", "box thing", "unicorn"]  # the release's clean_phrase
+    assert first.modality_length == 2  # annotations carrying instances
     masks = first.decode()
     assert [m.shape for m in masks] == [(2, H, W), (1, H, W), (0, H, W)]
     assert np.array_equal(masks[0][0], RLE_LIST_MASK)
     assert np.array_equal(masks[0][1], hand)
     box = np.zeros((H, W), bool)
-    box[0:2, 1:3] = True  # pixel centres inside x in [1, 3), y in [0, 2)
+    box[0:2, 1:3] = True  # x 1, w 2; y 0, h 2 (truncated, clipped to the image)
     assert np.array_equal(masks[1][0], box)
 
-    sentence = samples[1]
-    assert sentence.phrases == ["cup"]
-    assert sentence.turns[0].instruction.startswith("What can I drink from?")
+    sentence = records_read[1]
+    assert sentence.phrases == ["cup"] and sentence.targets[0].text == "What can I drink from?"
     polygon = sentence.decode()[0][0]
     assert polygon[0, 0] and polygon[1, 2] and not polygon[:, 3].any()
+    assert records_read[2].instseg and records_read[2].phrases == ["cat", "dog"]
+    assert records_read[2].modality_length == 1
 
-    instseg = samples[2]
-    assert len(instseg.turns) == 1 and instseg.phrases == ["cat", "dog"]
-    assert "cat" in instseg.turns[0].instruction and "dog" in instseg.turns[0].instruction
+    # made once (data.samples: turns): one sample per turn, a record's turns in file order
+    options = SampleOptions(samples="turns", style="benchmark")
+    turns = turn_samples(first, 0, options)
+    assert [[p.text for p in s.phrases] for s in turns] == [["red cup"], ["box thing"], ["unicorn"]]
+    assert turns[0].turns[0].question == "red cup Please output the segmentation mask."
+    assert turn_samples(sentence, 0, options)[0].turns[0].question == \
+        "What can I drink from? Please output the segmentation mask."
+    instseg = turn_samples(records_read[2], 0, options)
+    assert len(instseg) == 1 and [p.text for p in instseg[0].phrases] == ["cat", "dog"]
+    assert instseg[0].turns[0].question == "cat, dog Please output the segmentation mask."
 
 
 def test_limits_skip_and_split(tmp_path):
     eleven = [RLE_LIST] * 11
     annotations = [_ann("crowd", eleven)] + [_ann(f"thing {i}", [RLE_LIST]) for i in range(12)]
-    samples, report = read_records(_write(tmp_path, [{"image": "a.png", "height": H, "width": W,
+    records, report = read_records(_write(tmp_path, [{"image": "a.png", "height": H, "width": W,
                                                       "annotation": annotations}]), tmp_path)
     assert report.skipped["annotations with more than 10 instances"] == 1
-    assert [len(s.phrases) for s in samples] == [10, 2]
-    assert samples[1].phrases == ["thing 10", "thing 11"]
-    assert samples[0].source == "train.json:0" and samples[1].source == "train.json:0#1"
+    assert len(records[0].targets) == 13  # kept: the release skips it when a sample is drawn
+    samples = turn_samples(records[0], 0, SampleOptions(samples="turns"))
+    names = [s.source for s in samples]
+    assert names == ["train.json:0"] * 10 + ["train.json:0#1"] * 2
+    assert [p.text for s in samples[10:] for p in s.phrases] == ["thing 10", "thing 11"]
+    # only unusable annotations (points, crowds): the record is dropped
+    _, report = read_records(_write(tmp_path, [{"image": "a.png", "height": H, "width": W, "annotation": [
+        _ann("crowd", eleven), {"type": "phrase", "text": "tap", "ann_type": "point", "ann": ["[1, 1]"]}]}]), tmp_path)
+    assert report.samples == 0 and report.skipped["records without a usable annotation"] == 1
+    with pytest.raises(RecordError, match="a bbox annotation needs its boxes"):
+        read_records(_write(tmp_path, [{"image": "a.png", "height": H, "width": W,
+                                        "annotation": [_ann("box", None, ann_type="bbox")]}]), tmp_path)
 
 
 def test_bad_record_names_file_and_index(tmp_path):
@@ -137,13 +153,16 @@ def test_fractional_repeat_is_seeded():
 def test_instseg_single_phrase_fraction(tmp_path):
     record = {"image": "a.png", "height": H, "width": W, "type": "instseg",
               "annotation": [_ann("cat", [RLE_LIST]), _ann("dog", None), _ann("cow", [RLE_LIST])]}
-    path = _write(tmp_path, [record] * 40)
-    multi, _ = read_records(path, tmp_path)
-    assert all(len(s.turns) == 1 and len(s.turns[0].targets) == 3 for s in multi)
-    single, _ = read_records(path, tmp_path, instseg_single_fraction=1.0)
-    assert all([len(t.targets) for t in s.turns] == [1, 1, 1] for s in single)
-    assert [t.targets[0].phrase for t in single[0].turns] == ["cat", "dog", "cow"]
-    half, _ = read_records(path, tmp_path, instseg_single_fraction=0.5)
-    kinds = [len(s.turns) for s in half]
-    assert kinds.count(3) and kinds.count(1)  # both forms occur ...
-    assert kinds == [len(s.turns) for s in read_records(path, tmp_path, instseg_single_fraction=0.5)[0]]  # ... fixed
+    records, _ = read_records(_write(tmp_path, [record] * 40), tmp_path)
+
+    def forms(fraction):
+        options = SampleOptions(samples="turns", instseg_single_fraction=fraction)
+        return [[len(s.phrases) for s in turn_samples(r, 0, options)] for r in records]
+
+    assert forms(0.0) == [[3]] * 40  # one turn listing the three
+    assert forms(1.0) == [[1, 1, 1]] * 40
+    single = turn_samples(records[0], 0, SampleOptions(samples="turns", instseg_single_fraction=1.0))
+    assert [s.phrases[0].text for s in single] == ["cat", "dog", "cow"]
+    half = forms(0.5)
+    assert [3] in half and [1, 1, 1] in half  # both forms occur ...
+    assert half == forms(0.5)  # ... fixed per record

@@ -90,13 +90,14 @@ def test_sampler_ranks_are_disjoint_and_resume_matches():
     rank0 = list(StepBatchSampler(rank=0, **kwargs))
     rank1 = list(StepBatchSampler(rank=1, **kwargs))
     assert len(rank0) == 10  # 5 steps x 2 micro-batches
-    # global batch = 8; within each step the two ranks read 8 consecutive stream positions
-    step0 = sorted(rank0[0] + rank0[1] + rank1[0] + rank1[1])
-    assert len(set(step0)) == 8
+    # entries are (example, global position); global batch = 8: within each step the two ranks
+    # read 8 consecutive stream positions
+    step0 = sorted(rank0[0] + rank0[1] + rank1[0] + rank1[1], key=lambda entry: entry[1])
+    assert [position for _, position in step0] == list(range(8))
+    assert len({index for index, _ in step0}) == 8
     # every example appears once per epoch: the first 10 positions are a permutation
-    stream = [i for step in range(5) for micro in range(2) for batch in (rank0[2 * step + micro], rank1[2 * step + micro])
-              for i in batch]
-    assert sorted(stream[:10]) == list(range(10))
+    stream = sorted((entry for batch in rank0 + rank1 for entry in batch), key=lambda entry: entry[1])
+    assert sorted(index for index, _ in stream[:10]) == list(range(10))
     resumed = list(StepBatchSampler(rank=1, start_step=3, **kwargs))
     assert resumed == rank1[6:]
     other_seed = list(StepBatchSampler(rank=0, **{**kwargs, "seed": 2}))
@@ -104,9 +105,12 @@ def test_sampler_ranks_are_disjoint_and_resume_matches():
 
 
 def test_lr_schedule_by_hand():
-    # 10 steps, 20 % warmup = 2 steps: 0.5, 1.0, then cosine over the 8 remaining
-    assert lr_factor(0, 10, 0.2, "cosine") == pytest.approx(0.5)
-    assert lr_factor(1, 10, 0.2, "cosine") == pytest.approx(1.0)
+    # 10 steps, 20 % warmup = 2 steps. Hugging Face's warmup (the release): step / 2 = 0, 0.5, then
+    # cosine over the 8 remaining; one step ahead (warmup_from 1): 0.5, 1.0
+    assert lr_factor(0, 10, 0.2, "cosine") == 0.0
+    assert lr_factor(1, 10, 0.2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(0, 10, 0.2, "cosine", warmup_from=1) == pytest.approx(0.5)
+    assert lr_factor(1, 10, 0.2, "cosine", warmup_from=1) == pytest.approx(1.0)
     assert lr_factor(2, 10, 0.2, "cosine") == pytest.approx(1.0)
     assert lr_factor(6, 10, 0.2, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
     assert lr_factor(9, 10, 0.2, "constant") == 1.0

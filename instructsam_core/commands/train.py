@@ -2,6 +2,7 @@
 
     instructsam train --recipe training/synthetic.yaml --data-root DATA --output runs/synth [--resume]
     torchrun --nproc_per_node 8 -m instructsam_core.cli train --recipe training/stage1.yaml ...
+    instructsam train --recipe training/stage1.yaml --mixture data/stage1.txt --data-root DATA ...
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def register(subparsers) -> None:
                         help="directory the mixture's dataset paths and images are relative to")
     parser.add_argument("--output", required=True, type=Path,
                         help="run directory: checkpoints/, log.jsonl, loss_curve.png, final/")
+    parser.add_argument("--mixture", type=Path, default=None,
+                        help="data mixture in place of the recipe's data.mixture: a YAML mixture or the release's "
+                        "list (data/stage1.txt: one 'file.json repeat' per line)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest complete checkpoint in --output")
     parser.add_argument("--skip-bad", action="store_true",
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.skip_bad:
         recipe.values["data"]["skip_bad"] = True
+    if args.mixture is not None:
+        if not args.mixture.is_file():
+            raise UserError(f"--mixture {args.mixture} does not exist")
+        recipe.values["data"]["mixture"] = str(args.mixture.resolve())
     if not args.data_root.is_dir():
         raise UserError(f"--data-root {args.data_root} is not a directory")
     if args.output.exists() and not args.output.is_dir():
@@ -71,6 +79,8 @@ def _launch_local_processes(count: int, args: argparse.Namespace) -> int:
         command.append("--resume")
     if args.skip_bad:
         command.append("--skip-bad")
+    if args.mixture is not None:
+        command += ["--mixture", str(args.mixture)]
     if args.quiet:
         command.append("--quiet")
     if args.kill_after_step is not None:

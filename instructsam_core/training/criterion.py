@@ -4,12 +4,16 @@
 
 - Matching: `HungarianMatcher` per phrase (see matcher.py).
 - Mask losses: each matched (query, instance) pair is compared on `num_points` points chosen by
-  uncertainty-based importance sampling (point_sampling.py); both terms are summed over pairs
-  and divided by the number of matched pairs (averaged over processes under DDP).
+  uncertainty-based importance sampling (point_sampling.py; read bilinearly, the release's
+  `point_sample`); both terms are summed over pairs and divided by this process's number of
+  matched pairs (the release's per-process mean; DDP then averages the gradients).
 - Score loss: BCE over all 10 queries of every phrase. A matched query's target is the soft
-  Dice of its (detached) mask against its instance, at least 0.1, so the score learns to
-  predict mask quality; an unmatched query's target is 0. A no-target phrase therefore pushes
-  all its scores towards 0.
+  Dice of its (detached) mask against its instance, (2 sum(p g) + 1e-6) / (sum p + sum g + 1e-6),
+  at least 0.1, so the score learns to predict mask quality; an unmatched query's target is 0.
+- Which phrases take part (`active`, per phrase; dataset.supervise): the release trains the
+  mask and score terms only for samples with a mask target; the phrases of other samples train
+  the text cross-entropy alone. A no-target phrase of a sample that does train masks arrives
+  with one all-zero placeholder instance (the release) or none (its scores all go towards 0).
 - Text CE: next-token cross entropy on the labels the processor built (-100 = ignored, which
   covers the prompt, every `[SEG]` and the token after it).
 - Optional semantic term (weight 0 in the release): BCE + Dice between SAM3's semantic head
@@ -47,7 +51,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from instructsam_core.training.boxes import generalized_iou, masks_to_boxes
@@ -55,6 +58,8 @@ from instructsam_core.training.matcher import HungarianMatcher, MatchResult, res
 from instructsam_core.training.point_sampling import point_sample, uncertain_point_coords
 
 IGNORE_INDEX = -100
+LOSS_TERMS = ("text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside",
+              "region")
 SCORE_TARGETS = ("dice", "binary", "mask_iou")
 # A query "has found" an instance when its binarised mask overlaps it this much (AP50's rule).
 FOUND_IOU = 0.5
@@ -84,12 +89,13 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1.0 - (numerator + 1.0) / (denominator + 1.0)
 
 
-def soft_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row soft Dice coefficient in [0, 1] (no smoothing; 0 when both are empty) -> [N]."""
+def soft_dice(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-row soft Dice coefficient (2 sum(p t) + eps) / (sum p + sum t + eps) -> [N] (the release's
+    `dice_score`; 1 when both are empty)."""
     probs = logits.sigmoid()
     numerator = 2.0 * (probs * targets).sum(-1)
-    denominator = (probs.sum(-1) + targets.sum(-1)).clamp_min(1e-6)
-    return numerator / denominator
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return (numerator + eps) / (denominator + eps)
 
 
 def binary_mask_iou(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -111,15 +117,6 @@ def text_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(shifted_logits[valid], shifted_labels[valid])
 
 
-def _global_mean_count(count: int, device: torch.device) -> float:
-    """Matched pairs per process averaged over DDP ranks (so every rank divides by the same number)."""
-    total = torch.tensor([float(count)], device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-        total = total / dist.get_world_size()
-    return max(float(total.item()), 1.0)
-
-
 class SetCriterion:
     """Computes the loss dict for one batch of phrases (see the module docstring)."""
 
@@ -132,7 +129,7 @@ class SetCriterion:
         min_score_target: float = 0.1,
         score_target: str = "dice",
         matcher: HungarianMatcher | None = None,
-        point_mode: str = "nearest",
+        point_mode: str = "bilinear",
     ) -> None:
         self.weights = weights or LossWeights()
         self.num_points = num_points
@@ -147,9 +144,9 @@ class SetCriterion:
         # 0.5), matched or not; its duplicates are removed at inference by mask NMS.
         self.score_target = score_target
         self.matcher = matcher or HungarianMatcher()
-        # Targets live on the logit grid and are binary. Reading both grids with "nearest" keeps
-        # point labels exactly 0/1, so a prediction that is right on every pixel has zero loss
-        # (bilinear labels would be 0.5 on every boundary, where BCE cannot go below ln 2).
+        # "bilinear" (the release) reads logits and labels between grid cells; "nearest" keeps point
+        # labels exactly 0/1, so a prediction right on every pixel has zero loss (bilinear labels
+        # are 0.5 on every boundary, where BCE cannot go below ln 2).
         self.point_mode = point_mode
 
     def mask_losses(
@@ -159,7 +156,7 @@ class SetCriterion:
         match: MatchResult,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Point-sampled BCE and Dice, each summed over matched pairs / (global) number of pairs."""
+        """Point-sampled BCE and Dice, each summed over matched pairs / number of pairs."""
         src, tgt = [], []
         size = tuple(mask_logits.shape[-2:])
         for phrase, (queries, instances) in enumerate(zip(match.query_indices, match.target_indices)):
@@ -168,7 +165,7 @@ class SetCriterion:
             src.append(mask_logits[phrase, queries.to(mask_logits.device)])
             # Targets live on the logit grid (nearest resize), the grid the matcher used.
             tgt.append(resize_targets(targets[phrase][instances], size).to(mask_logits.device))
-        num_pairs = _global_mean_count(sum(s.shape[0] for s in src), mask_logits.device)
+        num_pairs = max(sum(s.shape[0] for s in src), 1)
         if not src:
             zero = mask_logits.sum() * 0.0  # keeps the graph connected (DDP needs every grad)
             return zero, zero.clone()
@@ -196,7 +193,7 @@ class SetCriterion:
             src.append(boxes[phrase, queries.to(boxes.device)])
             grid = resize_targets(targets[phrase][instances], mask_size).to(boxes.device) > 0.5
             tgt.append(masks_to_boxes(grid))
-        num_pairs = _global_mean_count(sum(s.shape[0] for s in src), boxes.device)
+        num_pairs = max(sum(s.shape[0] for s in src), 1)
         if not src:
             zero = boxes.sum() * 0.0
             return zero, zero.clone()
@@ -279,8 +276,8 @@ class SetCriterion:
 
     def __call__(
         self,
-        mask_logits: torch.Tensor,
-        score_logits: torch.Tensor,
+        mask_logits: torch.Tensor | None,
+        score_logits: torch.Tensor | None,
         targets: list[torch.Tensor],
         text_logits: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -289,17 +286,43 @@ class SetCriterion:
         semantic_logits: torch.Tensor | None = None,
         presence_logits: torch.Tensor | None = None,
         region_logits: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return {"loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic",
         "presence", "outside", "region"}: the unweighted terms and the weighted total.
 
-        `mask_logits` [P, Q, h, w], `score_logits` [P, Q], `targets[p]` bool/float [G_p, H, W] (G_p may
-        be 0), `text_logits` [B, L, V] with `labels` [B, L] (optional; text term 0 without them),
-        `pred_boxes` [P, Q, 4] xyxy in [0, 1] (optional; box terms 0 without them), `semantic_logits`
-        [P, h, w] (optional; semantic term 0 without them), `presence_logits` [P] (optional; always
-        part of the total when given, even at weight 0, so that DDP sees the head used),
-        `region_logits` [P, Q] (optional; likewise always part of the total when given).
+        `mask_logits` [P, Q, h, w] (None when the batch has no query block), `score_logits` [P, Q],
+        `targets[p]` bool/float [G_p, H, W] (G_p may be 0), `text_logits` [B, L, V] with `labels`
+        [B, L] (optional; text term 0 without them), `pred_boxes` [P, Q, 4] xyxy in [0, 1]
+        (optional; box terms 0 without them), `semantic_logits` [P, h, w] (optional; semantic term 0
+        without them), `presence_logits` [P] (optional; always part of the total when given, even at
+        weight 0, so that DDP sees the head used), `region_logits` [P, Q] (optional; likewise),
+        `active` [P] bool (optional; the phrases that train the set terms, all by default).
         """
+        text = text_cross_entropy(text_logits, labels) if text_logits is not None and labels is not None else None
+        outputs = (mask_logits, score_logits, pred_boxes, semantic_logits, presence_logits, region_logits)
+        # Outputs of phrases left out still join the total (times 0): every process then has the
+        # same graph shape, whatever its samples.
+        present = [t for t in outputs if t is not None]
+        device = present[0].device if present else (text.device if text is not None else None)
+        anchor = sum((t.float().sum() * 0.0 for t in present), torch.zeros((), device=device))
+        if mask_logits is not None and active is not None and not bool(active.all()):
+            keep = active.to(mask_logits.device).nonzero().flatten()
+            targets = [targets[i] for i in keep.tolist()]
+            outputs = tuple(None if t is None else t.index_select(0, keep) for t in outputs)
+        if outputs[0] is None or outputs[0].shape[0] == 0:
+            zero = anchor + (text * 0.0 if text is not None else 0.0)
+            terms = {key: zero.detach().clone() for key in LOSS_TERMS}
+            terms["text"] = text if text is not None else zero.detach().clone()
+            terms["loss"] = self.weights.text * terms["text"] + anchor
+            return terms
+        terms = self._set_terms(text, *outputs[:2], targets, generator, *outputs[2:])
+        terms["loss"] = terms["loss"] + anchor
+        return terms
+
+    def _set_terms(self, text, mask_logits, score_logits, targets, generator, pred_boxes, semantic_logits,
+                   presence_logits, region_logits) -> dict[str, torch.Tensor]:
+        """Every term and their weighted sum as "loss" (`text` None: 0)."""
         size = tuple(mask_logits.shape[-2:])
         # The matcher and every set term read the targets on the mask-logit grid: resize them once
         # per step (resize_targets returns a tensor already at that size as it is).
@@ -308,10 +331,7 @@ class SetCriterion:
         mask_bce, mask_dice = self.mask_losses(mask_logits, grid_targets, match, generator)
         score_target = self.score_targets(mask_logits, grid_targets, match)
         score = F.binary_cross_entropy_with_logits(score_logits.float(), score_target)
-        if text_logits is not None and labels is not None:
-            text = text_cross_entropy(text_logits, labels)
-        else:
-            text = score.new_zeros(())
+        text = text if text is not None else score.new_zeros(())
         if pred_boxes is not None:
             box_l1, box_giou = self.box_losses(pred_boxes, size, grid_targets, match)
         else:

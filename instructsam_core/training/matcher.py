@@ -6,6 +6,9 @@ prediction), per phrase, on the model's mask-logit grid (288x288 at full size):
 
     cost[q, g] = 0.5 * dice(q, g) + 2.0 * mean_pixel_bce(q, g) + 1.0 * softplus(-score_logit[q])
 
+where dice(q, g) = 1 - (2 sum(p g) + eps) / (sum p + sum g + eps), p = sigmoid, eps 1e-3 in the
+release (its `DiceCost`); a recipe may smooth more (`loss.matcher.dice_smooth`).
+
 The score term is the BCE of the query's score against "this query is an object"
 (-log sigmoid(x) = softplus(-x)), so confident queries are cheaper to match. The weights are
 recipe keys (`loss.matcher`); a model trained from scratch matches on the masks alone (score
@@ -31,16 +34,16 @@ def resize_targets(targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(targets.unsqueeze(1), size=size, mode="nearest").squeeze(1)
 
 
-def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1e-3) -> torch.Tensor:
     """1 - soft Dice between every prediction [Q, N] (logits, flattened) and target [G, N] -> [Q, G].
 
-    dice = (2 * sum(p * t) + 1) / (sum(p) + sum(t) + 1), p = sigmoid(logit); the +1 keeps an
-    empty prediction vs an empty target at cost 0 instead of 0/0.
+    dice = (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth), p = sigmoid(logit); the smoothing
+    keeps an empty prediction vs an empty target at cost 0 instead of 0/0.
     """
     probs = logits.sigmoid()
     numerator = 2.0 * probs @ targets.T
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
-    return 1.0 - (numerator + 1.0) / (denominator + 1.0)
+    return 1.0 - (numerator + smooth) / (denominator + smooth)
 
 
 def pairwise_bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -66,10 +69,12 @@ class MatchResult:
 class HungarianMatcher:
     """Per-phrase one-to-one assignment of queries to ground-truth instances (no gradient)."""
 
-    def __init__(self, cost_dice: float = 0.5, cost_mask: float = 2.0, cost_score: float = 1.0) -> None:
+    def __init__(self, cost_dice: float = 0.5, cost_mask: float = 2.0, cost_score: float = 1.0,
+                 dice_smooth: float = 1e-3) -> None:
         self.cost_dice = cost_dice
         self.cost_mask = cost_mask
         self.cost_score = cost_score
+        self.dice_smooth = dice_smooth
 
     @torch.no_grad()
     def cost_matrix(self, mask_logits: torch.Tensor, score_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -77,7 +82,7 @@ class HungarianMatcher:
         size = tuple(mask_logits.shape[-2:])
         flat_logits = mask_logits.flatten(1).float()
         flat_targets = resize_targets(targets, size).flatten(1).to(flat_logits.device)
-        cost = self.cost_dice * pairwise_dice_cost(flat_logits, flat_targets)
+        cost = self.cost_dice * pairwise_dice_cost(flat_logits, flat_targets, self.dice_smooth)
         cost = cost + self.cost_mask * pairwise_bce_cost(flat_logits, flat_targets)
         cost = cost + self.cost_score * F.softplus(-score_logits.float())[:, None]
         return cost

@@ -1,11 +1,16 @@
 """Data mixtures: which training files a stage reads and how often (the release's stage lists).
 
-A mixture file (YAML) is
+A mixture file is either YAML,
     datasets:
-      - {name: refcoco, path: refer_seg/refcoco_train.json, repeat: 10}
+      - {name: refcoco, path: refcoco.json, repeat: 10}
       - {name: inst2seg, path: inst2seg/train.json, repeat: 1, image_root: inst2seg/images}
-`path` and `image_root` are relative to the data root given on the command line. `repeat` may be
-fractional: 2.5 = every record twice plus a fixed (seeded) half of them once more.
+or the release's own list (`data/stage1.txt`, any file ending in .txt): one `file.json repeat`
+per line (repeat 1 when left out; empty lines and lines starting with # are skipped).
+`path` is relative to the JSON directory (recipe `data.json_dir`, itself relative to the data
+root given on the command line; the release keeps its files in DATA/training), `image_root` and
+the records' image paths to the data root. `repeat` may be fractional: 2.5 = every record twice
+plus a fixed (seeded) half of them once more. Every file is looked for before any is read: the
+missing ones are named in one error.
 """
 from __future__ import annotations
 
@@ -54,10 +59,30 @@ def parse_mixture(spec: Any, where: str) -> list[MixtureEntry]:
     return entries
 
 
+def parse_release_list(text: str, where: str) -> list[MixtureEntry]:
+    """The release's `file.json repeat` lines."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()) or (len(parts) == 2 and int(parts[1]) < 1):
+            raise UserError(f"{where}:{number}: expected 'file.json repeat' (a positive whole repeat), got {line!r}")
+        repeat = int(parts[1]) if len(parts) == 2 else 1
+        entries.append(MixtureEntry(Path(parts[0]).stem, parts[0], float(repeat)))
+    if not entries:
+        raise UserError(f"{where}: the mixture list names no file")
+    return entries
+
+
 def load_mixture_file(path: str | Path) -> list[MixtureEntry]:
+    """A YAML mixture, or the release's .txt list."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mixture file {path} does not exist")
+    if path.suffix == ".txt":
+        return parse_release_list(path.read_text(encoding="utf-8"), str(path))
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -82,21 +107,26 @@ def build_mixture(
     data_root: str | Path,
     skip_bad: bool = False,
     seed: int = 0,
-    style: str = "varied",
-    instseg_single_fraction: float = 0.0,
+    json_dir: str = "",
 ) -> tuple[list[Record], dict[str, ReadReport]]:
-    """Read every dataset of the mixture and repeat it; returns the samples and a report per dataset."""
+    """Read every dataset of the mixture and repeat it; returns the records and a report per dataset
+    (a file listed twice is read once and reported under the name of its first entry)."""
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise UserError(f"data root {data_root} is not a directory")
+    files = data_root / json_dir
+    missing = sorted({entry.path for entry in entries if not (files / entry.path).is_file()})
+    if missing:
+        raise UserError(f"{len(missing)} training file(s) of the mixture are not in {files}: {', '.join(missing)}")
     samples: list[Record] = []
     reports: dict[str, ReadReport] = {}
+    read: dict[tuple[str, str | None], list[Record]] = {}
     for index, entry in enumerate(entries):
-        image_root = data_root / entry.image_root if entry.image_root else data_root
-        records, report = read_records(data_root / entry.path, image_root, skip_bad=skip_bad, seed=seed, style=style,
-                                       instseg_single_fraction=instseg_single_fraction)
-        reports[entry.name] = report
-        samples.extend(repeat_records(records, entry.repeat, seed + index))
+        key = (entry.path, entry.image_root)
+        if key not in read:
+            image_root = data_root / entry.image_root if entry.image_root else data_root
+            read[key], reports[entry.name] = read_records(files / entry.path, image_root, skip_bad=skip_bad)
+        samples.extend(repeat_records(read[key], entry.repeat, seed + index))
     if not samples:
         raise UserError("the data mixture holds no usable sample")
     return samples, reports

@@ -13,10 +13,16 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       scratch_init: {query_bank_std: null, spread_boxes: false}   # from-scratch symmetry breaking
       scratch_max_pixels: 16384         # VLM image budget of a scratch model
     data:
-      mixture: FILE | [ {name, path, repeat, image_root} ... ]
+      mixture: FILE | [ {name, path, repeat, image_root} ... ]   # FILE: YAML or the release's .txt list
+      json_dir: ''                      # where the mixture's JSON files are, relative to --data-root
       skip_bad: false                   # drop unreadable records (counted) instead of failing
-      instruction_style: varied         # or benchmark (Inst2Seg wording only)
-      instseg_single_phrase_fraction: 0.0   # share of instseg records asked one phrase per turn
+      samples: conversation             # or turns (samples.py)
+      instruction_style: release        # or varied, or benchmark (Inst2Seg wording only; templates.py)
+      multi_objects: true               # the release's use_multi_objs (conversation only)
+      merged_phrase: repeat             # or once (conversation only)
+      point_annotations: question       # or drop
+      instseg_single_phrase_fraction: 0.0   # turns only: share of instseg records asked one phrase per turn
+      max_image_tokens: null            # cap on the VLM's image tokens (the release trains with 8192)
       num_workers: 1
     trainable:
       lora: null | {r: 64, alpha: 16, dropout: 0.05, target: REGEX}   # target: full match of module names
@@ -29,8 +35,11 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
       max_grad_norm: 1.0                 # null = no clipping
       fused: false                       # torch's fused AdamW kernel (same update, one kernel for all
                                          #   tensors: much faster for models of many small tensors)
-    schedule: {epochs: 1, max_steps: null, warmup_ratio: 0.03, kind: cosine|constant}
-    batch: {per_device: 1, grad_accum: 1}
+    schedule: {epochs: 1, max_steps: null, warmup_ratio: 0.03, kind: cosine|constant,
+               warmup_from: 0}           # 0: HF's warmup (first update at lr 0); 1: one step ahead
+    batch: {per_device: 1, grad_accum: 1,
+            accumulation: sum,           # or mean: how accumulated micro-batch losses combine
+            group_by_modality_length: true}   # the release's batching (sampler.py), or a plain shuffle
     precision: auto | bf16 | fp16 | fp32   # auto = bf16 on GPUs that support it, else fp32
     gradient_checkpointing: false
     threads: null                        # torch CPU threads per process (null = torch default)
@@ -38,8 +47,13 @@ dataset paths inside the mixture are relative to `--data-root`. Keys and default
                                          #     local DDP (gloo) processes itself (as torchrun would)
     deepspeed: null | FILE               # a DeepSpeed config (ZeRO-1 in training/)
     loss: {num_points: 12544, oversample_ratio: 3.0, importance_sample_ratio: 0.75,
+           point_sampling: bilinear,          # or nearest
+           phrase_prompt: bare,               # SAM3's prompt in training; or model (the config's rule)
+           no_target_phrase: placeholder,     # or unmatched   \
+           targetless_samples: text_only,     # or all_terms    > which phrases train (dataset.py)
+           box_samples: text_only,            # or mask        /
            score_target: dice,                # or binary, or mask_iou (one-to-many; criterion.py)
-           matcher: {dice: 0.5, mask: 2.0, score: 1.0},   # Hungarian cost weights (matcher.py)
+           matcher: {dice: 0.5, mask: 2.0, score: 1.0, dice_smooth: 0.001},   # Hungarian costs (matcher.py)
            weights: {text: 1.0, mask_bce: 4.0, mask_dice: 0.25, score: 1.0, box_l1: 0.0, box_giou: 0.0,
                      semantic: 0.0, presence: 0.0, outside: 0.0, region: 0.0}}
                                          # box_*, semantic, presence, outside, region: from-scratch
@@ -62,13 +76,18 @@ import yaml
 
 from instructsam_core.errors import UserError
 from instructsam_core.training.criterion import SCORE_TARGETS
+from instructsam_core.training.dataset import BOX_SAMPLES, NO_TARGET_PHRASE, TARGETLESS_SAMPLES
+from instructsam_core.training.samples import MERGED_PHRASE, POINT_ANNOTATIONS, SAMPLE_KINDS
+from instructsam_core.training.templates import STYLES
 
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "model": {"init": None, "scratch": {}, "scratch_overrides": {},
               "scratch_init": {"query_bank_std": None, "spread_boxes": False}, "scratch_max_pixels": 128 * 128},
-    "data": {"mixture": None, "skip_bad": False, "instruction_style": "varied",
-             "instseg_single_phrase_fraction": 0.0, "num_workers": 1},
+    "data": {"mixture": None, "json_dir": "", "skip_bad": False, "samples": "conversation",
+             "instruction_style": "release", "multi_objects": True, "merged_phrase": "repeat",
+             "point_annotations": "question", "instseg_single_phrase_fraction": 0.0, "max_image_tokens": None,
+             "num_workers": 1},
     "trainable": {"lora": None, "train": [".*"], "freeze": []},
     "optimizer": {
         "lr_groups": [{"name": "all", "pattern": "", "lr": 1e-4}],
@@ -77,8 +96,8 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "fused": False,
     },
-    "schedule": {"epochs": 1, "max_steps": None, "warmup_ratio": 0.03, "kind": "cosine"},
-    "batch": {"per_device": 1, "grad_accum": 1},
+    "schedule": {"epochs": 1, "max_steps": None, "warmup_ratio": 0.03, "kind": "cosine", "warmup_from": 0},
+    "batch": {"per_device": 1, "grad_accum": 1, "accumulation": "sum", "group_by_modality_length": True},
     "precision": "auto",
     "gradient_checkpointing": False,
     "threads": None,
@@ -88,8 +107,13 @@ DEFAULTS: dict[str, Any] = {
         "num_points": 12544,
         "oversample_ratio": 3.0,
         "importance_sample_ratio": 0.75,
+        "point_sampling": "bilinear",
+        "phrase_prompt": "bare",
+        "no_target_phrase": "placeholder",
+        "targetless_samples": "text_only",
+        "box_samples": "text_only",
         "score_target": "dice",
-        "matcher": {"dice": 0.5, "mask": 2.0, "score": 1.0},
+        "matcher": {"dice": 0.5, "mask": 2.0, "score": 1.0, "dice_smooth": 1e-3},
         "weights": {"text": 1.0, "mask_bce": 4.0, "mask_dice": 0.25, "score": 1.0, "box_l1": 0.0, "box_giou": 0.0,
                     "semantic": 0.0, "presence": 0.0, "outside": 0.0, "region": 0.0},
     },
@@ -151,6 +175,12 @@ def _positive(value: Any, name: str, integer: bool = False, allow_none: bool = F
         raise UserError(f"recipe: {name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
+def _choice(section: dict, where: str, key: str, allowed: tuple[str, ...]) -> None:
+    if section[key] not in allowed:
+        raise UserError(f"recipe: {where}.{key} must be one of {', '.join(allowed)} (the first is the release's), "
+                        f"got {section[key]!r}")
+
+
 def _patterns(values: Any, name: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise UserError(f"recipe: {name} must be a list of regular expressions")
@@ -178,8 +208,15 @@ def validate(values: dict[str, Any]) -> None:
     data = values["data"]
     if data["mixture"] is None:
         raise UserError("recipe: data.mixture is required (a mixture file or a list of datasets)")
-    if data["instruction_style"] not in ("varied", "benchmark"):
-        raise UserError("recipe: data.instruction_style must be 'varied' or 'benchmark'")
+    if not isinstance(data["json_dir"], str):
+        raise UserError("recipe: data.json_dir must be a directory path (relative to --data-root)")
+    _choice(data, "data", "samples", SAMPLE_KINDS)
+    _choice(data, "data", "instruction_style", STYLES)
+    _choice(data, "data", "merged_phrase", MERGED_PHRASE)
+    _choice(data, "data", "point_annotations", POINT_ANNOTATIONS)
+    if not isinstance(data["multi_objects"], bool):
+        raise UserError("recipe: data.multi_objects must be true or false")
+    _positive(data["max_image_tokens"], "data.max_image_tokens", integer=True, allow_none=True)
     fraction = data["instseg_single_phrase_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
         raise UserError("recipe: data.instseg_single_phrase_fraction must be in [0, 1]")
@@ -220,8 +257,14 @@ def validate(values: dict[str, Any]) -> None:
         raise UserError("recipe: schedule.warmup_ratio must be in [0, 1)")
     if schedule["kind"] not in ("cosine", "constant"):
         raise UserError("recipe: schedule.kind must be 'cosine' or 'constant'")
-    _positive(values["batch"]["per_device"], "batch.per_device", integer=True)
-    _positive(values["batch"]["grad_accum"], "batch.grad_accum", integer=True)
+    if schedule["warmup_from"] not in (0, 1) or isinstance(schedule["warmup_from"], bool):
+        raise UserError("recipe: schedule.warmup_from must be 0 (Hugging Face's warmup) or 1")
+    batch = values["batch"]
+    _positive(batch["per_device"], "batch.per_device", integer=True)
+    _positive(batch["grad_accum"], "batch.grad_accum", integer=True)
+    _choice(batch, "batch", "accumulation", ("sum", "mean"))
+    if not isinstance(batch["group_by_modality_length"], bool):
+        raise UserError("recipe: batch.group_by_modality_length must be true or false")
     if values["precision"] not in ("auto", "bf16", "fp16", "fp32"):
         raise UserError("recipe: precision must be auto, bf16, fp16 or fp32")
     _positive(values["threads"], "threads", integer=True, allow_none=True)
@@ -229,8 +272,13 @@ def validate(values: dict[str, Any]) -> None:
     loss = values["loss"]
     _positive(loss["num_points"], "loss.num_points", integer=True)
     _positive(loss["oversample_ratio"], "loss.oversample_ratio")
-    if loss["score_target"] not in SCORE_TARGETS:
-        raise UserError(f"recipe: loss.score_target must be one of {', '.join(SCORE_TARGETS)} (dice: the release)")
+    _choice(loss, "loss", "score_target", SCORE_TARGETS)
+    _choice(loss, "loss", "point_sampling", ("bilinear", "nearest"))
+    _choice(loss, "loss", "phrase_prompt", ("bare", "model"))
+    _choice(loss, "loss", "no_target_phrase", NO_TARGET_PHRASE)
+    _choice(loss, "loss", "targetless_samples", TARGETLESS_SAMPLES)
+    _choice(loss, "loss", "box_samples", BOX_SAMPLES)
+    _positive(loss["matcher"]["dice_smooth"], "loss.matcher.dice_smooth")
     for key, cost in loss["matcher"].items():
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
             raise UserError(f"recipe: loss.matcher.{key} must be a non-negative number")

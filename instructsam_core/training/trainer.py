@@ -1,58 +1,47 @@
 """The training loop, on Hugging Face `accelerate` (DDP under torchrun, DeepSpeed via a config).
 
 What one run does (`instructsam train`):
-  1. checks the recipe, reads the data mixture, builds the starting model (a model directory, the
-     embedded default, or a scratch model written to OUTPUT/init_model), applies LoRA and the
-     freeze policy, groups parameters by learning rate;
-  2. checks every training sample (image header and size, masks) before the first step;
-     optionally resumes from the newest intact checkpoint in OUTPUT/checkpoints (verified
-     against its manifest; a damaged one is reported and skipped): trainable weights, optimizer
-     state (safetensors + JSON, never pickle), step; the data order and every random draw are
-     functions of (seed, step, micro-batch, rank), so the resumed run computes what the
-     uninterrupted one would have;
-  3. trains with a tqdm bar (loss terms, ETA) and writes OUTPUT/log.jsonl; outputs, a loss or a
-     gradient norm that is not finite stop the run before the update (NonFiniteTraining);
+  1. checks the recipe, builds the starting model (a model directory, the embedded default, or a
+     scratch model written to OUTPUT/init_model), applies LoRA and the freeze policy, groups
+     parameters by learning rate;
+  2. reads the data mixture and checks every training sample (image header and size, masks)
+     before the first step (run_data.py); optionally resumes from the newest intact checkpoint in
+     OUTPUT/checkpoints (run_state.py): trainable weights, optimizer state, step; the data order
+     and every random draw (samples, dropout, point sampling) are functions of (seed, step,
+     micro-batch, rank), so the resumed run computes what the uninterrupted one would have;
+  3. trains with a tqdm bar (loss terms, ETA) and writes OUTPUT/log.jsonl (run_log.py); outputs,
+     a loss or a gradient norm that is not finite stop the run before the update
+     (NonFiniteTraining);
   4. writes OUTPUT/final (a loadable model directory; for LoRA also OUTPUT/adapter) and
      OUTPUT/loss_curve.png.
+Accumulated micro-batches add their losses (`batch.accumulation: sum`, as the release's HF
+Trainer does) or average them (`mean`).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import yaml
 
 from instructsam_core.errors import UserError
-from instructsam_core.sam3_config import record_sam3_location
-from instructsam_core.training import model_setup
-from instructsam_core.training.checkpoint import STATE_FILE, CheckpointDamaged, CheckpointManager, verify
+from instructsam_core.training import model_setup, run_state
+from instructsam_core.training.checkpoint import CheckpointManager
+from instructsam_core.training.collate import TrainingCollator
 from instructsam_core.training.criterion import LossWeights, SetCriterion
-from instructsam_core.training.dataset import InstructSegDataset, TrainingCollator
 from instructsam_core.training.matcher import HungarianMatcher
-from instructsam_core.training.mixture import build_mixture, load_mixture_file, parse_mixture
 from instructsam_core.training.recipe import Recipe
+from instructsam_core.training.run_data import build_dataset
+from instructsam_core.training.run_log import LOG_FILE, LOSS_KEYS, append_log, plot_loss_curve, truncate_log
+from instructsam_core.training.run_state import NonFiniteTraining, newest_checkpoint_note
 from instructsam_core.training.sampler import StepBatchSampler, lr_factor, steps_for_epochs
-from instructsam_core.training.state_io import (
-    flatten_state,
-    fsync_dir,
-    load_state,
-    save_state,
-    save_tensors,
-    write_json,
-)
 
-LOSS_KEYS = ("loss", "text", "mask_bce", "mask_dice", "score", "box_l1", "box_giou", "semantic", "presence", "outside",
-             "region")
-LOG_FILE = "log.jsonl"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
-                    "sam_pixel_values")
+                    "sam_pixel_values", "phrase_ids", "phrase_mask")
 
 
 def _mixed_precision(choice: str) -> str:
@@ -75,37 +64,19 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1009 + micro * 101 + rank * 7919 + 12345) % (2**63 - 1)
 
 
-class NonFiniteTraining(UserError):
-    """The loss, the outputs, the gradients or the weights stopped being finite numbers."""
-
-
-def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """Name of the first floating-point tensor holding NaN or an infinity, else None."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
-
-
-def _newest_checkpoint_note(checkpoints: CheckpointManager) -> str:
-    newest = checkpoints.latest()
-    if newest is None:
-        return "no checkpoint was written before it"
-    return f"the newest checkpoint is {newest.name}; fix the recipe or the data before training again"
-
-
-def read_log(path: Path) -> list[dict]:
-    """The entries of log.jsonl; a line that is not a whole JSON object (the last one, cut off by
-    a kill during its write) is left out."""
-    entries = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
-            entries.append(entry)
-    return entries
+def build_criterion(recipe) -> SetCriterion:
+    loss = recipe["loss"]
+    matcher = loss["matcher"]
+    return SetCriterion(
+        weights=LossWeights(**loss["weights"]),
+        num_points=loss["num_points"],
+        oversample_ratio=loss["oversample_ratio"],
+        importance_sample_ratio=loss["importance_sample_ratio"],
+        score_target=loss["score_target"],
+        matcher=HungarianMatcher(cost_dice=matcher["dice"], cost_mask=matcher["mask"], cost_score=matcher["score"],
+                                 dice_smooth=matcher["dice_smooth"]),
+        point_mode=loss["point_sampling"],
+    )
 
 
 class Trainer:
@@ -126,7 +97,6 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.kill_after_step = kill_after_step
-        self.unusable_samples = 0
 
     # ------------------------------------------------------------------ setup
     def _accelerator(self):
@@ -179,77 +149,22 @@ class Trainer:
         accelerator.wait_for_everyone()
         return checkpoints
 
-    def _data(self, mask_size: int, accelerator):
-        recipe = self.recipe
-        data = recipe["data"]
-        if isinstance(data["mixture"], str):
-            entries = load_mixture_file(recipe.resolve(data["mixture"]))
-        else:
-            entries = parse_mixture(data["mixture"], f"{recipe.path}: data.mixture")
-        records, reports = build_mixture(entries, self.data_root, skip_bad=data["skip_bad"], seed=recipe["seed"],
-                                         style=data["instruction_style"],
-                                         instseg_single_fraction=data["instseg_single_phrase_fraction"])
-        if accelerator.is_main_process:
-            for name, report in reports.items():
-                print(f"data {name}: {report.summary()}", flush=True)
-        records = self._check_records(records, accelerator)
-        return InstructSegDataset(records, mask_size, skip_bad=data["skip_bad"])
-
-    def _check_records(self, records: list, accelerator) -> list:
-        """Check every distinct sample before training (dataset.check_record), each process a
-        share of them: an unusable one stops the run now, naming it, instead of when it is
-        drawn hours later; with data.skip_bad (--skip-bad) unusable ones are left out and counted."""
-        from instructsam_core.training.dataset import check_record
-
-        unique = list({id(record): record for record in records}.values())
-        rank, world = accelerator.process_index, accelerator.num_processes
-        share = range(rank, len(unique), world)
-        if accelerator.is_main_process and self.progress:
-            from tqdm import tqdm
-
-            share = tqdm(share, desc="check data", unit="sample", dynamic_ncols=True, leave=False)
-        found = [(index, reason) for index in share if (reason := check_record(unique[index])) is not None]
-        if world > 1:
-            from accelerate.utils import gather_object
-
-            found = gather_object(found)
-        found.sort()
-        self.unusable_samples = len(found)
-        if not found:
-            return records
-        first = found[0][1]
-        if not self.recipe["data"]["skip_bad"]:
-            raise UserError(f"{len(found)} of {len(unique)} training samples cannot be used (first: {first}); "
-                            "fix them, or pass --skip-bad to leave them out")
-        bad = {id(unique[index]) for index, _ in found}
-        kept = [record for record in records if id(record) not in bad]
-        if not kept:
-            raise UserError(f"none of the {len(unique)} training samples can be used (first: {first})")
-        if accelerator.is_main_process:
-            print(f"left out {len(found)} of {len(unique)} training samples that cannot be used (first: {first})",
-                  flush=True)
-        return kept
-
-    # ------------------------------------------------------------------- run
-    def run(self) -> dict:
-        recipe = self.recipe
-        if recipe["threads"]:
-            torch.set_num_threads(int(recipe["threads"]))
-        accelerator = self._accelerator()
-        rank, world = accelerator.process_index, accelerator.num_processes
-        checkpoints = self._prepare_output(accelerator)
-
+    def _model(self, accelerator):
+        """(model with LoRA and the freeze policy applied, processor, init dir, parameter counts)."""
         from instructsam_core.modeling import InstructSamForSegmentation
         from instructsam_core.processing import InstructSamProcessor
 
+        recipe = self.recipe
         if accelerator.is_main_process:
-            init_dir = model_setup.init_model_dir(recipe, self.output, True)
+            model_setup.init_model_dir(recipe, self.output, True)
         accelerator.wait_for_everyone()
         init_dir = model_setup.init_model_dir(recipe, self.output, False)
         model = InstructSamForSegmentation.from_pretrained(init_dir, dtype=torch.float32)
         model.config.inference_layout = "trained"  # trained by the training forward's layout: saved so
         processor = InstructSamProcessor.from_pretrained(init_dir, model.config)
-        mask_size = mask_grid_size(model.config)
+        if recipe["data"]["max_image_tokens"]:
+            # The release caps the image at mm_max_length tokens of (patch * merge)^2 pixels each.
+            processor.max_pixels = int(recipe["data"]["max_image_tokens"]) * (processor.patch_size * processor.merge_size) ** 2
         lora = recipe["trainable"]["lora"]
         if lora is not None:
             model = model_setup.apply_lora(model, lora)
@@ -260,13 +175,25 @@ class Trainer:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if lora is not None:
                 model.enable_input_require_grads()
+        return model, processor, init_dir, counts
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> dict:
+        recipe = self.recipe
+        if recipe["threads"]:
+            torch.set_num_threads(int(recipe["threads"]))
+        accelerator = self._accelerator()
+        rank, world = accelerator.process_index, accelerator.num_processes
+        checkpoints = self._prepare_output(accelerator)
+        model, processor, init_dir, counts = self._model(accelerator)
+        mask_size = mask_grid_size(model.config)
         groups, group_names = model_setup.parameter_groups(model, recipe["optimizer"]["lr_groups"],
                                                            recipe["optimizer"]["weight_decay"])
         # fused=None leaves torch's default (a per-tensor loop on CPU); True is one kernel per step.
         optimizer = torch.optim.AdamW(groups, betas=tuple(recipe["optimizer"]["betas"]),
                                       fused=True if recipe["optimizer"]["fused"] else None)
 
-        dataset = self._data(mask_size, accelerator)
+        dataset, unusable = build_dataset(recipe, self.data_root, mask_size, accelerator, self.progress)
         batch = recipe["batch"]
         global_batch = batch["per_device"] * batch["grad_accum"] * world
         total_steps = recipe["schedule"]["max_steps"] or steps_for_epochs(len(dataset), recipe["schedule"]["epochs"],
@@ -274,17 +201,18 @@ class Trainer:
 
         start_step, history = 0, []
         if self.resume:
-            start_step, history = self._resume(checkpoints, model, optimizer, group_names, total_steps,
-                                               accelerator.is_main_process)
+            start_step, history = run_state.resume(checkpoints, model, optimizer, group_names, total_steps,
+                                                   accelerator.is_main_process, recipe.fingerprint())
         if accelerator.is_main_process:
-            self._truncate_log(start_step)
+            truncate_log(self.output, start_step)
             print(f"model: {counts['trainable'] / 1e6:.2f} M trainable, {counts['frozen'] / 1e6:.2f} M frozen; "
                   f"{len(dataset)} examples, {total_steps} steps of {global_batch} on {world} process(es)", flush=True)
 
         has_presence_head = bool(getattr(model.config, "presence_head", False))
         has_region_head = bool(getattr(model.config, "region_head", False))
         model, optimizer = accelerator.prepare(model, optimizer)
-        weights = LossWeights(**recipe["loss"]["weights"])
+        criterion = build_criterion(recipe)
+        weights = criterion.weights
         self._uses_boxes = bool(weights.box_l1 or weights.box_giou)
         self._uses_semantic = bool(weights.semantic)
         self._uses_outside = bool(weights.outside)
@@ -295,44 +223,61 @@ class Trainer:
         if weights.region and not has_region_head:
             raise UserError("recipe: loss.weights.region needs a model with the region head "
                             "(config region_head: true, e.g. model.scratch_overrides.region_head)")
-        criterion = SetCriterion(
-            weights=weights,
-            num_points=recipe["loss"]["num_points"],
-            oversample_ratio=recipe["loss"]["oversample_ratio"],
-            importance_sample_ratio=recipe["loss"]["importance_sample_ratio"],
-            score_target=recipe["loss"]["score_target"],
-            matcher=HungarianMatcher(cost_dice=recipe["loss"]["matcher"]["dice"],
-                                     cost_mask=recipe["loss"]["matcher"]["mask"],
-                                     cost_score=recipe["loss"]["matcher"]["score"]),
-        )
+        lengths = dataset.modality_lengths() if batch["group_by_modality_length"] else None
         sampler = StepBatchSampler(len(dataset), recipe["seed"], batch["per_device"], batch["grad_accum"], world, rank,
-                                   total_steps, start_step)
+                                   total_steps, start_step, lengths=lengths)
         workers = recipe["data"]["num_workers"]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=TrainingCollator(processor),
+        collator = TrainingCollator(processor, bare_phrase_prompt=recipe["loss"]["phrase_prompt"] == "bare")
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
                                              num_workers=workers, persistent_workers=False,
                                              prefetch_factor=4 if workers else None)
         summary = self._loop(accelerator, model, optimizer, criterion, loader, sampler, total_steps, start_step,
                              history, checkpoints, group_names)
         accelerator.wait_for_everyone()
-        bad = _first_non_finite(model_setup.trainable_state(accelerator.unwrap_model(model)))
+        bad = run_state.first_non_finite(model_setup.trainable_state(accelerator.unwrap_model(model)))
         if bad is not None:  # the last update diverged: no final/ made of NaN
             raise NonFiniteTraining(f"after step {summary['steps']} the weight {bad} is not finite; final/ was not "
-                                    f"written ({_newest_checkpoint_note(checkpoints)})")
+                                    f"written ({newest_checkpoint_note(checkpoints)})")
         if accelerator.is_main_process:
-            self._write_final(accelerator.unwrap_model(model), init_dir, lora is not None)
+            run_state.write_final(self.output, accelerator.unwrap_model(model), init_dir,
+                                  recipe["trainable"]["lora"] is not None, recipe["merge_lora_at_end"])
             plot_loss_curve(self.output / LOG_FILE, self.output / "loss_curve.png")
         accelerator.wait_for_everyone()
         summary["skipped_examples"] = int(sum(dataset.skipped.values()))
-        summary["unusable_samples"] = int(self.unusable_samples)
+        summary["unusable_samples"] = int(unusable)
         summary["is_main_process"] = bool(accelerator.is_main_process)
         accelerator.end_training()
         return summary
+
+    def _losses(self, accelerator, model, criterion, batch: dict, generator) -> dict | None:
+        """The loss terms of one micro-batch, or None when the model's outputs are not finite."""
+        targets = [t.to(accelerator.device) for t in batch.pop("targets")]
+        active = batch.pop("trains_masks")
+        batch.pop("sources")
+        labels = batch.pop("labels")
+        inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+        with accelerator.autocast():
+            out = model(**inputs)
+        if not all(bool(torch.isfinite(t).all()) for t in (out.pred_masks, out.pred_logits) if t is not None):
+            return None
+
+        def floats(tensor):
+            return None if tensor is None else tensor.float()
+
+        return criterion(floats(out.pred_masks), floats(out.pred_logits), targets, out.logits,
+                         labels.to(accelerator.device), generator=generator,
+                         pred_boxes=floats(out.pred_boxes) if self._uses_boxes else None,
+                         semantic_logits=out.semantic_logits if self._uses_semantic else None,
+                         presence_logits=out.presence_logits, region_logits=out.region_logits, active=active)
 
     def _loop(self, accelerator, model, optimizer, criterion, loader, sampler, total_steps, start_step, history,
               checkpoints, group_names) -> dict:
         recipe = self.recipe
         rank = accelerator.process_index
         accum = recipe["batch"]["grad_accum"]
+        # accelerate divides each micro-batch's loss by `accum` (DeepSpeed's engine likewise):
+        # multiplying it back makes the accumulated gradient the sum of the micro-batch gradients.
+        backward_scale = float(accum) if recipe["batch"]["accumulation"] == "sum" else 1.0
         base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         schedule = recipe["schedule"]
         max_norm = recipe["optimizer"]["max_grad_norm"]
@@ -356,27 +301,15 @@ class Trainer:
                 seed = step_seed(recipe["seed"], step, micro, rank)
                 torch.manual_seed(seed)
                 generator = torch.Generator().manual_seed(seed + 1)
-                targets = batch.pop("targets")
-                batch.pop("sources")
-                labels = batch.pop("labels")
-                inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
-                targets = [t.to(accelerator.device) for t in targets]
                 with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        out = model(**inputs)
-                    losses = None
-                    if bool(torch.isfinite(out.pred_masks).all()) and bool(torch.isfinite(out.pred_logits).all()):
-                        losses = criterion(out.pred_masks.float(), out.pred_logits.float(), targets,
-                                           out.logits, labels.to(accelerator.device), generator=generator,
-                                           pred_boxes=out.pred_boxes.float() if self._uses_boxes else None,
-                                           semantic_logits=out.semantic_logits if self._uses_semantic else None,
-                                           presence_logits=out.presence_logits, region_logits=out.region_logits)
+                    losses = self._losses(accelerator, model, criterion, batch, generator)
                     # Every rank learns whether any rank went non-finite before anyone steps or
                     # waits in backward's all-reduce, so they all stop together.
                     self._stop_if_not_finite(accelerator, losses, step + 1, checkpoints)
-                    accelerator.backward(losses["loss"])
+                    accelerator.backward(losses["loss"] * backward_scale if backward_scale != 1.0 else losses["loss"])
                     if accelerator.sync_gradients:
-                        factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"])
+                        factor = lr_factor(step, total_steps, schedule["warmup_ratio"], schedule["kind"],
+                                           schedule["warmup_from"])
                         for group, base_lr in zip(optimizer.param_groups, base_lrs):
                             group["lr"] = base_lr * factor
                         if max_norm:
@@ -386,7 +319,7 @@ class Trainer:
                                 raise NonFiniteTraining(
                                     f"step {step + 1}: the gradient norm is {float(norm)} (the loss was finite); "
                                     f"stopped before updating the weights, so nothing of this step was saved "
-                                    f"({_newest_checkpoint_note(checkpoints)})")
+                                    f"({newest_checkpoint_note(checkpoints)})")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for key in LOSS_KEYS:
@@ -406,21 +339,16 @@ class Trainer:
                              "elapsed_s": round(time.time() - started, 2)}
                     history.append(entry)
                     if accelerator.is_main_process:
-                        with open(self.output / LOG_FILE, "a", encoding="utf-8") as handle:
-                            handle.write(json.dumps(entry) + "\n")
+                        append_log(self.output, entry)
                     sums = {k: 0.0 for k in LOSS_KEYS}
                     window = 0
                     if bar is not None:
-                        hidden = {k for k in last if (k.startswith("box_") and not self._uses_boxes)
-                                  or (k == "semantic" and not self._uses_semantic)
-                                  or (k == "presence" and not self._uses_presence)
-                                  or (k == "outside" and not self._uses_outside)}
-                        shown = {k: v for k, v in last.items() if k not in hidden}
-                        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if self._shown(k)})
                 if bar is not None:
                     bar.update(1)
                 if step % every == 0 and step < total_steps:
-                    self._save_checkpoint(accelerator, checkpoints, model, optimizer, step, history, group_names)
+                    run_state.save_checkpoint(accelerator, checkpoints, model, optimizer, step, history, group_names,
+                                              recipe.fingerprint())
                 if self.kill_after_step is not None and step == self.kill_after_step:
                     # Test hook: die like a killed job (no cleanup, no final checkpoint).
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -430,89 +358,10 @@ class Trainer:
         return {"steps": step, "final": last, "elapsed_s": round(time.time() - started, 2),
                 "session_s": round(time.time() - started - before, 2)}
 
-    # ------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, accelerator, checkpoints, model, optimizer, step, history, group_names) -> None:
-        accelerator.wait_for_everyone()
-        # Every rank holds the same weights, so every rank reaches the same verdict (none waits alone).
-        trainable = model_setup.trainable_state(accelerator.unwrap_model(model))
-        bad = _first_non_finite(trainable)
-        if bad is not None:
-            raise NonFiniteTraining(f"step {step}: the weight {bad} is not finite; no checkpoint was written "
-                                    f"({_newest_checkpoint_note(checkpoints)})")
-        if accelerator.is_main_process:
-
-            def write(directory: Path) -> None:
-                save_tensors(trainable, directory / "trainable.safetensors")
-                save_state(optimizer.state_dict(), directory, "optimizer")
-                write_json(directory / STATE_FILE, {
-                    "step": step, "fingerprint": self.recipe.fingerprint(), "history": history,
-                    "group_names": [[model_setup.plain_name(n) for n in names] for names in group_names],
-                })
-
-            checkpoints.save(step, write)
-        accelerator.wait_for_everyone()
-
-    def _resume(self, checkpoints, model, optimizer, group_names, total_steps, is_main) -> tuple[int, list]:
-        """Load the newest intact checkpoint; a damaged one is reported and the next older tried."""
-        found = checkpoints.list()
-        damaged = []
-        for _, path in reversed(found):
-            try:
-                start_step, history = self._load_checkpoint(path, model, optimizer, group_names)
-            except CheckpointDamaged as error:
-                damaged.append(f"{path.name}: {error}")
-                if is_main:
-                    print(f"checkpoint {path} is damaged ({error}); trying an older one", flush=True)
-                continue
-            if is_main:
-                note = " (the newest intact one)" if damaged else ""
-                print(f"resuming from {path}{note} (step {start_step} of {total_steps})", flush=True)
-            return start_step, history
-        if damaged:
-            raise UserError(f"no intact checkpoint to resume from in {checkpoints.root} ({'; '.join(damaged)}); "
-                            "delete the damaged ones to start from step 0, or choose another --output")
-        return 0, []
-
-    def _load_checkpoint(self, path: Path, model, optimizer, group_names) -> tuple[int, list]:
-        """Verify `path` against its manifest, read and check everything, then load it.
-        Damage of any kind is a `CheckpointDamaged`; a checkpoint of another run a `UserError`."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        verify(path, required=("trainable.safetensors", "optimizer.safetensors", "optimizer.json", STATE_FILE))
-        try:
-            state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointDamaged(f"{STATE_FILE} is not valid JSON") from None
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
-                or not isinstance(state.get("history", []), list):
-            raise CheckpointDamaged(f"{STATE_FILE} lacks its step or history")
-        if state.get("fingerprint") != self.recipe.fingerprint():
-            raise UserError(f"checkpoint {path} was written by another recipe; resume with the same recipe")
-        names = [[model_setup.plain_name(n) for n in group] for group in group_names]
-        if state.get("group_names") != names:
-            raise UserError(f"checkpoint {path}: optimizer groups do not match the model's parameters")
-        try:
-            trainable = load_file(str(path / "trainable.safetensors"))
-            optimizer_state = load_state(path, "optimizer")
-        except (SafetensorError, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointDamaged(f"cannot read its tensors ({str(error).splitlines()[0][:200]})") from None
-        bad = _first_non_finite(trainable)
-        if bad is not None:
-            raise CheckpointDamaged(f"the weight {bad} holds NaN or infinite values")
-        optimizer_tensors, _ = flatten_state(optimizer_state)
-        bad = _first_non_finite(optimizer_tensors)
-        if bad is not None:
-            raise CheckpointDamaged(f"the optimizer state {bad} holds NaN or infinite values")
-        try:
-            model_setup.load_trainable_state(model, trainable)
-        except UserError as error:
-            raise CheckpointDamaged(str(error)) from None
-        try:
-            optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
-            raise CheckpointDamaged(f"its optimizer state does not fit the model ({str(error)[:200]})") from None
-        return int(state["step"]), list(state.get("history", []))
+    def _shown(self, key: str) -> bool:
+        """Whether the progress bar shows a loss term (not the optional terms this run does not use)."""
+        return not ((key.startswith("box_") and not self._uses_boxes) or (key == "semantic" and not self._uses_semantic)
+                    or (key == "presence" and not self._uses_presence) or (key == "outside" and not self._uses_outside))
 
     def _stop_if_not_finite(self, accelerator, losses, step: int, checkpoints) -> None:
         """Raise `NonFiniteTraining` on every rank when any rank's outputs or loss are not finite."""
@@ -530,80 +379,4 @@ class Trainer:
             terms = ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_KEYS[1:] if k in losses)
             what = f"the loss is {float(losses['loss'].detach())} ({terms})"
         raise NonFiniteTraining(f"step {step}: {what}; stopped before updating the weights, so nothing of this "
-                                f"step was saved ({_newest_checkpoint_note(checkpoints)})")
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines past the resumed step (they were written after the last checkpoint) and a
-        last line cut off by a kill."""
-        log = self.output / LOG_FILE
-        if not log.is_file():
-            return
-        kept = [json.dumps(entry) for entry in read_log(log) if entry["step"] <= step]
-        log.write_text("".join(line + "\n" for line in kept))
-
-    # ----------------------------------------------------------------- final
-    def _write_final(self, model, init_dir: Path, is_lora: bool) -> None:
-        """OUTPUT/final: a complete model directory (LoRA: merged; the adapter goes to OUTPUT/adapter)."""
-        if is_lora:
-            from instructsam_core.training.lora import save_adapter
-
-            _publish(self.output / "adapter", lambda d: save_adapter(model, d))
-            if not self.recipe["merge_lora_at_end"]:
-                return
-            model = model.merge_and_unload()
-
-        def write(directory: Path) -> None:
-            model.save_pretrained(directory)
-            model_setup.copy_model_side_files(init_dir, directory)
-
-        _publish(self.output / "final", write)
-
-
-def _publish(target: Path, write) -> None:
-    """Write a directory next to `target` and rename it into place (replacing an older one)."""
-    temporary = target.parent / f".tmp-{target.name}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    write(temporary)
-    fsync_dir(temporary)
-    if target.exists():
-        aside = target.parent / f".old-{target.name}"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(target, aside)
-        os.rename(temporary, target)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(temporary, target)
-    record_sam3_location(target)  # a model directory records its SAM3 config by absolute path
-    fsync_dir(target.parent)
-
-
-def plot_loss_curve(log_path: Path, png_path: Path) -> None:
-    """Total and per-term loss against step, from log.jsonl."""
-    if not log_path.is_file():
-        return
-    entries = read_log(log_path)
-    if not entries:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [e["step"] for e in entries]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot(steps, [e["loss"] for e in entries], label="total")
-    axes[0].set_title("total loss")
-    terms = [k for k in LOSS_KEYS[1:] if any(e.get(k, 0.0) != 0.0 for e in entries)]
-    for key in terms:
-        axes[1].plot(steps, [e[key] for e in entries], label=key)
-    axes[1].set_title("loss terms (unweighted)")
-    for axis, keys in ((axes[0], LOSS_KEYS[:1]), (axes[1], terms)):
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-        if all(e[k] > 0 for e in entries for k in keys):
-            axis.set_yscale("log")
-    axes[1].legend()
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
-    plt.close(figure)
+                                f"step was saved ({newest_checkpoint_note(checkpoints)})")
