@@ -77,30 +77,35 @@ def check_record(record: Record) -> str | None:
 
     Checked up front for every record, before the first step: the image file (its header only:
     it exists, is an image, has the record's size) and every mask, decoded at the record's size.
-    Pixel data that is damaged behind an intact header is found when the sample is loaded.
+    Pixel data that is damaged behind an intact header is found when the sample is loaded. A
+    text-only conversation record has nothing to check.
     """
+    if record.image is None:
+        return None
     try:
         height, width = image_size(record.image)
     except UserError as error:
         return f"{record.source}: {error}"
-    if (height, width) != (record.height, record.width):
+    if record.height is not None and (height, width) != (record.height, record.width):
         return (f"{record.source}: image {record.image} is {width}x{height} but the record says "
                 f"{record.width}x{record.height}")
     try:
         record.decode()
+        record.check_masks()
     except UserError as error:  # RecordError: the message starts with the source already
         return str(error)
     return None
 
 
 class InstructSegDataset(Dataset):
-    """Indexable examples; item = {image, turns, masks, trains_masks, source}.
+    """Indexable examples; item = {image, turns, messages, masks, trains_masks, source}.
 
-    `turns` is [(question, [phrase, ...]), ...]; `masks` one bool [n, s, s] array per phrase in
-    answer order. A key is an index, or (index, draw) where `draw` seeds the sample's random
-    choices. With `skip_bad=True` an example whose image or masks cannot be read is replaced by
-    the next readable one (deterministically) and counted in `self.skipped`; otherwise the error
-    (which names the file and record index) propagates.
+    `image` is None for a text-only conversation; `turns` is [(question, [phrase, ...]), ...];
+    `messages` the free-text (role, text) messages after them; `masks` one bool [n, s, s] array
+    per phrase in answer order. A key is an index, or (index, draw) where `draw` seeds the
+    sample's random choices. With `skip_bad=True` an example whose image or masks cannot be read
+    is replaced by the next readable one (deterministically) and counted in `self.skipped`;
+    otherwise the error (which names the file and record index) propagates.
     """
 
     def __init__(self, records: list[Record], mask_size: int, options: SampleOptions | None = None,
@@ -128,7 +133,9 @@ class InstructSegDataset(Dataset):
         """The release's batching key of every example (annotations carrying instances, -1 for none)."""
         return [self.records[r].modality_length for r, _ in self.examples]
 
-    def _image(self, record: Record) -> np.ndarray:
+    def _image(self, record: Record) -> np.ndarray | None:
+        if record.image is None:
+            return None
         key = str(record.image)
         if self._image_cache is not None and key in self._image_cache:
             return self._image_cache[key]
@@ -136,7 +143,7 @@ class InstructSegDataset(Dataset):
             image = load_image(record.image)
         except UserError as error:
             raise UserError(f"{record.source}: {error}") from None
-        if image.shape[:2] != (record.height, record.width):
+        if record.height is not None and image.shape[:2] != (record.height, record.width):
             raise UserError(
                 f"{record.source}: image {record.image} is {image.shape[1]}x{image.shape[0]} but the record "
                 f"says {record.width}x{record.height}"
@@ -172,6 +179,7 @@ class InstructSegDataset(Dataset):
         return {
             "image": self._image(record),
             "turns": [(turn.question, [p.text for p in turn.phrases]) for turn in sample.turns],
+            "messages": list(sample.messages),
             "masks": grids,
             "trains_masks": trains,
             "source": sample.source,

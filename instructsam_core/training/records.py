@@ -1,9 +1,12 @@
-"""Reader for the released training JSON (Inst2Seg / referring / instance data).
+"""Reader for the released training JSON (Inst2Seg / referring / instance / conversation data).
 
-A file is a JSON list of records `{image, height, width, type?, annotation, conversations?}`;
+A file is a JSON list of records `{image, height, width, type?, annotation, conversations?, mask?}`;
 `annotation` is a list (or a JSON string of a list) of
 `{type: "phrase"|"sentence"|"OCR", text, category?, ann_type: "mask"|"bbox"|"point", ann, answer?}`
 where `ann` holds one encoded mask/box per instance, or null when the text has no target.
+A record without `annotation` (or with a null one) is in the conversation form: its
+`conversations` turns of free text are what it trains (conversations.py); its image is optional
+(text only without one), and so are its size and its record-level `mask` list.
 
 Reading is split in two so that a million-record file opens in seconds:
 - `read_records` checks every record's structure (types, keys, sizes) up front and fails with
@@ -14,7 +17,8 @@ Reading is split in two so that a million-record file opens in seconds:
 A record keeps every annotation in file order; what a sample asks is decided when it is drawn
 (samples.py), as in the release: limits (10 instances per annotation, 10 phrases per sample)
 are applied there. A record none of whose annotations can ever be asked (every one a point
-annotation or one of more than 10 instances) is dropped here and counted.
+annotation or one of more than 10 instances) and that has no conversation turns is dropped here
+and counted.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from instructsam_core.errors import UserError
-from instructsam_core.masks import MaskFormatError, decode_annotation
+from instructsam_core.masks import MaskFormatError, decode_annotation, decode_mask
+from instructsam_core.training.conversations import parse_conversations
 from instructsam_core.training.templates import clean_phrase
 
 MAX_INSTANCES_PER_PHRASE = 10
@@ -61,16 +66,19 @@ class Target:
 
 @dataclass
 class Record:
-    """One record of a training file: an image and its annotations in file order."""
+    """One record of a training file: an image, its annotations in file order, its conversation."""
 
     source: str  # "file.json:index" (for error messages)
-    image: Path
-    height: int
-    width: int
+    image: Path | None  # None: a text-only conversation record
+    height: int | None  # None only in a conversation-form record that does not state its size
+    width: int | None
     targets: list[Target]
     instseg: bool = False  # type "instseg": may be asked as one listing of all its phrases
-    # The release's batching key: how many annotations carry instances (-1 for none).
+    # The release's batching key: how many annotations carry instances, or, without annotation,
+    # how many record-level masks there are (-1 for none).
     modality_length: int = -1
+    conversation: tuple[str, ...] = ()  # the `conversations` values as written; roles by position
+    masks: list[Any] | None = None  # record-level `mask` of a conversation-form record (never trained)
 
     @property
     def phrases(self) -> list[str]:
@@ -90,6 +98,15 @@ class Record:
         """Every annotation's masks that a sample can use (see `Target.usable`), in file order."""
         return [self.decode_target(t) for t in self.targets if t.usable]
 
+    def check_masks(self) -> None:
+        """Decode the record-level masks at the record's size, as the release does on every draw of
+        a record with an image (one that fails makes it draw another sample); nothing trains on them."""
+        for index, mask in enumerate(self.masks or ()):
+            try:
+                decode_mask(mask, self.height, self.width)
+            except MaskFormatError as error:
+                raise RecordError(f"{self.source}: mask {index}: {error}") from None
+
 
 @dataclass
 class ReadReport:
@@ -108,14 +125,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_annotation_list(value: Any) -> list[Any]:
+def _json_list(value: Any, name: str, what: str) -> list[Any] | None:
+    """A field holding a list, or a JSON string of one; null stays None."""
+    if value is None:
+        return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"'annotation' is a string but not JSON ({error.msg})") from None
+            raise ValueError(f"'{name}' is a string but not JSON ({error.msg})") from None
     if not isinstance(value, list):
-        raise ValueError(f"'annotation' must be a list, got {type(value).__name__}")
+        raise ValueError(f"'{name}' must be {what}, got {type(value).__name__}")
     return value
 
 
@@ -160,27 +180,49 @@ def _parse_target(item: Any, position: int, report: ReadReport) -> Target:
     return Target(phrase=phrase, text=text, kind=kind, ann_type=ann_type, ann=ann)
 
 
+def _size(raw: dict, required: bool) -> tuple[int | None, int | None]:
+    height, width = raw.get("height"), raw.get("width")
+    if not required and height is None and width is None:
+        return None, None
+    if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+        raise ValueError(f"'height' and 'width' must be positive integers, got {height!r} x {width!r}")
+    return height, width
+
+
 def parse_record(raw: Any, source: str, data_root: Path, report: ReadReport) -> Record | None:
-    """Check one raw record; None (counted) when no annotation of it can be asked. Raises ValueError
+    """Check one raw record; None (counted) when nothing of it can be asked. Raises ValueError
     if malformed."""
     if not isinstance(raw, dict):
         raise ValueError(f"a record must be an object, got {type(raw).__name__}")
+    if raw.get("video") is not None and raw.get("image") is None:
+        raise ValueError("video records cannot be trained on (the release's reader fails on them too)")
+    conversation = parse_conversations(_json_list(raw.get("conversations"), "conversations",
+                                                  "a list of {from, value} turns"))
+    annotation = raw.get("annotation")
+    if annotation is None and not conversation:
+        raise ValueError("'annotation' is missing" if "annotation" not in raw else
+                         "'annotation' is null and there are no 'conversations' turns")
+    items = [] if annotation is None else _json_list(annotation, "annotation", "a list")
     image = raw.get("image")
-    if not isinstance(image, str) or not image:
+    # Annotations need the image and its size; a conversation alone may be text only.
+    if (items or image is not None) and (not isinstance(image, str) or not image):
         raise ValueError("'image' must be a non-empty relative path")
-    height, width = raw.get("height"), raw.get("width")
-    if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
-        raise ValueError(f"'height' and 'width' must be positive integers, got {height!r} x {width!r}")
-    if "annotation" not in raw:
-        raise ValueError("'annotation' is missing")
-    items = _parse_annotation_list(raw["annotation"])
+    height, width = _size(raw, required=bool(items))
+    masks = _json_list(raw.get("mask"), "mask", "a list of masks or null")
     targets = [_parse_target(item, i, report) for i, item in enumerate(items)]
-    if not any(t.usable for t in targets):
+    if not conversation and not any(t.usable for t in targets):
         report.skipped["records without a usable annotation"] += 1
         return None
-    carrying = sum(t.ann is not None for t in targets)
-    return Record(source=source, image=data_root / image, height=height, width=width, targets=targets,
-                  instseg=raw.get("type") == "instseg", modality_length=carrying or -1)
+    if annotation is not None:
+        if masks:
+            # The release would pair these with the first answers' query blocks (see training/README.md).
+            report.skipped["record-level 'mask' lists beside an 'annotation' (ignored)"] += 1
+        masks, carrying = None, sum(t.ann is not None for t in targets)
+    else:
+        carrying = len(masks or ())
+    return Record(source=source, image=None if image is None else data_root / image, height=height, width=width,
+                  targets=targets, instseg=bool(items) and raw.get("type") == "instseg",
+                  modality_length=carrying or -1, conversation=conversation, masks=masks)
 
 
 def read_records(path: str | Path, data_root: str | Path, skip_bad: bool = False) -> tuple[list[Record], ReadReport]:

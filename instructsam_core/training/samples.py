@@ -17,16 +17,21 @@ Two ways to make samples from a record (recipe `data.samples`):
 - "turns" (the recipe of the embedded default model): built once when the data are read, in file
   order, split at 10 phrases; every turn is an example of its own, and an `instseg` record is one
   listing turn except for a seeded share (`instseg_single_fraction`) asked one phrase per turn.
+
+A record's `conversations` turns (conversations.py) follow its annotation turns, or its listing,
+as free-text messages (a conversation-form record has only them). With "turns" they are one more
+example of their own.
 """
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from instructsam_core.training import templates
+from instructsam_core.training.conversations import messages
 from instructsam_core.training.records import MAX_INSTANCES_PER_PHRASE, MAX_PHRASES_PER_SAMPLE, Record, Target
 
 MAX_OBJECTS_PER_SAMPLE = 100  # the release's limit on the instances of one sample
@@ -54,6 +59,7 @@ class Turn:
 class Sample:
     source: str
     turns: list[Turn]
+    messages: list[tuple[str, str]] = field(default_factory=list)  # free-text (role, text) after the turns
 
     @property
     def phrases(self) -> list[Phrase]:
@@ -173,13 +179,19 @@ def listing_sample(record: Record, rng: random.Random, options: SampleOptions) -
     return Sample(record.source, [Turn(question, answered)])
 
 
+def with_conversation(sample: Sample, record: Record) -> Sample:
+    """The sample with the record's conversation turns appended as messages."""
+    sample.messages = messages(record.conversation)
+    return sample
+
+
 def draw_sample(record: Record, rng: random.Random, options: SampleOptions, decode: Decoder) -> Sample:
     """A fresh sample of `record` (data.samples: conversation)."""
     if record.instseg and rng.random() > 0.5:
         listing = listing_sample(record, rng, options)
         if listing is not None:
-            return listing
-    return conversation_sample(record, rng, options, decode)
+            return with_conversation(listing, record)
+    return with_conversation(conversation_sample(record, rng, options, decode), record)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -202,4 +214,7 @@ def turn_samples(record: Record, seed: int, options: SampleOptions) -> list[Samp
             continue
         for target in chunk:
             samples.append(Sample(name, [Turn(_question(target, rng, options.style), [Phrase(target.phrase, target)])]))
+    if record.conversation:
+        samples.append(Sample(f"{record.source}#conversation" if targets else record.source, [],
+                              messages(record.conversation)))
     return samples
