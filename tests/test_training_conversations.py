@@ -13,7 +13,6 @@ SAM3 is never run for it and it trains the text cross-entropy alone.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +45,8 @@ RECORDS = [
     # 2: an annotation AND conversation turns
     {"image": "a.png", "height": H, "width": W,
      "annotation": [{"type": "phrase", "text": "Red cup.", "ann_type": "mask", "ann": [json.dumps(FULL)]}],
-     "conversations": [{"from": "human", "value": "<image> Why is it red?"}, {"from": "gpt", "value": "It is painted."}]},
+     "conversations": [{"from": "human", "value": "<image> Why is it red?"},
+                       {"from": "gpt", "value": "It is painted."}]},
     # 3: an instseg record with conversation turns (a listing draw half of the time)
     {"image": "a.png", "height": H, "width": W, "type": "instseg",
      "annotation": [{"type": "phrase", "text": "sky", "ann_type": "mask", "ann": [json.dumps(FULL)]},
@@ -93,7 +93,8 @@ def _expected(tokenizer, messages: list[tuple[str, str]], image: bool) -> tuple[
     ids, labels = [], []
     for index, (role, text) in enumerate(messages):
         if role == "user":
-            picture = "<|vision_start|>" + "<|image_pad|>" * IMAGE_TOKENS + "<|vision_end|>" if image and index == 0 else ""
+            picture = "<|vision_start|>" + "<|image_pad|>" * IMAGE_TOKENS + "<|vision_end|>"
+            picture = picture if image and index == 0 else ""
             message = _tokens(tokenizer, f"<|im_start|>user\n{picture}{text}<|im_end|>\n")
             ids += message
             labels += [-100] * len(message)
@@ -118,7 +119,8 @@ def test_reading_the_conversation_form(data):
     assert report.summary() == "4 records -> 4 samples; dropped: none"
     first, text_only, both, instseg = records
     assert first.targets == [] and first.conversation[1] == " A red cup <|vision_start|> sits there. "
-    assert text_only.image is None and text_only.height is None and text_only.conversation == ("Say hello.", "Hello!", "<image>Again? ")
+    assert text_only.image is None and text_only.height is None
+    assert text_only.conversation == ("Say hello.", "Hello!", "<image>Again? ")
     assert [t.phrase for t in both.targets] == ["red cup"] and len(both.conversation) == 2
     # the release's batching key: annotations with instances, else the record-level masks, else -1
     assert [r.modality_length for r in records] == [1, -1, 1, 1]
@@ -271,7 +273,8 @@ def test_turns_mode_makes_the_conversation_an_example_of_its_own(data):
     ({"image": "a.png", "conversations": [{"from": "gpt", "value": "a"}]}, r"conversations\[0\]: 'from' is 'gpt'"),
     ({"image": "a.png", "conversations": [{"value": "q"}, {"value": "Sure, [SEG]."}]},
      r"conversations\[1\]: the text holds \[SEG\]"),
-    ({"image": "a.png", "conversations": [{"value": "<|image_pad|>"}]}, r"conversations\[0\]: the text holds <\|image_pad\|>"),
+    ({"image": "a.png", "conversations": [{"value": "<|image_pad|>"}]},
+     r"conversations\[0\]: the text holds <\|image_pad\|>"),
     ({"image": "a.png", "conversations": []}, "'annotation' is missing"),
     ({"image": "a.png", "annotation": None}, "'annotation' is null and there are no 'conversations' turns"),
     ({"video": "v.mp4", "conversations": [{"value": "q"}]}, "video records cannot be trained on"),
