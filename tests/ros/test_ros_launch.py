@@ -38,6 +38,7 @@ CAMERAS = (f"{LAUNCH} namespace:=robot cameras:=front,wrist images:=/front/image
            "use_compressed:=true params_file:=my_params.yaml")
 RUN = "ros2 run instructsam_ros segment_node --ros-args -r __ns:=/front -r image:=/front/image_raw"
 SHOW_ARGS = f"{LAUNCH} --show-args"
+INSTRUCTION = "squares"  # a bare phrase the embedded default model finds in these scenes
 START_TIMEOUT = 120.0  # a node start loads the model (seconds; more on a loaded CI machine)
 
 K = pinhole(640, 480, 40.0)
@@ -139,32 +140,41 @@ def endpoints(harness):
         made.close()
 
 
-# ------------------------------------------------------------------------------------ launches
-def test_one_camera_with_the_package_parameter_file_starts_clean_and_answers(harness, tmp_path):
-    with started(PLAIN, tmp_path, "plain") as launch, endpoints(harness) as made:
-        probe = Probe(harness, "")
-        image_pub = made.publisher(Image, "/camera/color/image_raw")
-        made.publisher(String, "/instruction", LATCHED).publish(String(data="squares"))
+@contextmanager
+def one_camera(harness, tmp_path, command: str, namespace: str, image_topic: str):
+    """`command` started; this process's probe of its node, a publisher on its image topic and the
+    latched instruction INSTRUCTION; yields (process, probe, image publisher, endpoints) once the
+    node listens. Everything is closed at the end, whatever happens."""
+    with started(command, tmp_path, command.split()[1]) as process, endpoints(harness) as made:
+        probe = Probe(harness, namespace)
+        image_pub = made.publisher(Image, image_topic)
+        made.publisher(String, f"{namespace}/instruction", LATCHED).publish(String(data=INSTRUCTION))
         try:
-            wait_ready(launch, "/segment_node")
-            # Launch's and the node's INFO lines only: no [ERROR] about `phrases: []` (ROS's
-            # parameter-file reader gives an empty list no type), no empty line of a progress bar.
-            assert_clean(launch.lines())
-            # The launch's defaults and the package's params file reached the node, typed.
-            got = parameters(harness, "/segment_node", ["model", "device", "threshold", "use_compressed", "autostart",
-                                                         "depth", "phrases", "max_frame_age", "publish_overlay"])
-            assert got == {"model": "default", "device": "auto", "threshold": 0.3, "use_compressed": False,
-                           "autostart": True, "depth": False, "phrases": [], "max_frame_age": 0.5, "publish_overlay": True}
-            wait_for(lambda: image_pub.get_subscription_count() > 0, 30, "the node subscribing to /camera/color/image_raw")
-            result = wait_answer(probe, image_pub, BOTH.rgb, "squares")
-            assert (result.width, result.height, result.header.frame_id) == (640, 480, "colour_optical")
-            assert result.depth_status == result.DEPTH_DISABLED
-            wait_for(lambda: probe.image_for(probe.overlays, result.header.stamp), 20, "the overlay of the frame")
-            wait_for(lambda: probe.image_for(probe.labels, result.header.stamp), 20, "the label image of the frame")
-            assert_clean(launch.lines())
-            lines = stop(launch)
+            wait_ready(process, f"{namespace}/segment_node")
+            yield process, probe, image_pub, made
         finally:
             probe.close()
+
+
+# ------------------------------------------------------------------------------------ launches
+def test_one_camera_with_the_package_parameter_file_starts_clean_and_answers(harness, tmp_path):
+    with one_camera(harness, tmp_path, PLAIN, "", "/camera/color/image_raw") as (launch, probe, image_pub, _):
+        # Launch's and the node's INFO lines only: no [ERROR] about `phrases: []` (ROS's
+        # parameter-file reader gives an empty list no type), no empty line of a progress bar.
+        assert_clean(launch.lines())
+        # The launch's defaults and the package's params file reached the node, typed.
+        got = parameters(harness, "/segment_node", ["model", "device", "threshold", "use_compressed", "autostart",
+                                                     "depth", "phrases", "max_frame_age", "publish_overlay"])
+        assert got == {"model": "default", "device": "auto", "threshold": 0.3, "use_compressed": False,
+                       "autostart": True, "depth": False, "phrases": [], "max_frame_age": 0.5, "publish_overlay": True}
+        wait_for(lambda: image_pub.get_subscription_count() > 0, 30, "the node subscribing to /camera/color/image_raw")
+        result = wait_answer(probe, image_pub, BOTH.rgb, INSTRUCTION)
+        assert (result.width, result.height, result.header.frame_id) == (640, 480, "colour_optical")
+        assert result.depth_status == result.DEPTH_DISABLED
+        wait_for(lambda: probe.image_for(probe.overlays, result.header.stamp), 20, "the overlay of the frame")
+        wait_for(lambda: probe.image_for(probe.labels, result.header.stamp), 20, "the label image of the frame")
+        assert_clean(launch.lines())
+        lines = stop(launch)
     assert any(line.startswith("[INFO] [segment_node-1]: process has finished cleanly") for line in lines)
     assert all(line.strip() for line in node_lines(lines))
 
@@ -236,34 +246,27 @@ def check_markers(markers: MarkerArray, result, overlay: np.ndarray, shown_befor
 
 
 def test_depth_launch_publishes_markers_of_the_located_instances(harness, tmp_path):
-    with started(DEPTH, tmp_path, "depth") as launch, endpoints(harness) as made:
-        probe = Probe(harness, "")
-        image_pub = made.publisher(Image, "/camera/color/image_raw")
+    with one_camera(harness, tmp_path, DEPTH, "", "/camera/color/image_raw") as (launch, probe, image_pub, made):
         depth_pub = made.publisher(Image, "/camera/aligned_depth_to_color/image_raw")
         info_pub = made.publisher(CameraInfo, "/camera/aligned_depth_to_color/camera_info")  # next to the depth topic
         marker_arrays = made.subscribe(MarkerArray, "/instance_markers")
-        made.publisher(String, "/instruction", LATCHED).publish(String(data="squares"))
-        try:
-            wait_ready(launch, "/segment_node")
-            assert_clean(launch.lines())
-            assert parameters(harness, "/segment_node", ["depth"]) == {"depth": True}
-            wait_for(lambda: min(p.get_subscription_count() for p in (image_pub, depth_pub, info_pub)) > 0, 30,
-                     "the node subscribing to the colour, depth and camera_info topics")
-            wait_for(lambda: made.node.count_publishers("/instance_markers") > 0, 30, "the node's instance_markers")
-            shown: set[int] = set()
-            for frame in (BOTH, BOTH, FIRST_ONLY):
-                result = send_rgbd(probe, image_pub, depth_pub, info_pub, frame)
-                assert result.instruction == "squares" and result.depth_status == result.DEPTH_OK, result.depth_problem
-                overlay = image_msg_to_array(wait_for(lambda: probe.image_for(probe.overlays, result.header.stamp), 20,
-                                                      "the overlay of the frame"))
-                counts = check_markers(markers_of(marker_arrays, result.header.stamp), result, overlay, shown)
-                shown = {inst.id for inst in result.instances if inst.location.status == inst.location.OK}
-                if frame is BOTH:
-                    assert counts["boxes"] >= 2 and counts["deletes"] == 0, counts
-            assert counts["deletes"] >= 2, counts  # the second square is gone: its box and label deleted
-            stop(launch)
-        finally:
-            probe.close()
+        assert_clean(launch.lines())
+        assert parameters(harness, "/segment_node", ["depth"]) == {"depth": True}
+        wait_for(lambda: min(p.get_subscription_count() for p in (image_pub, depth_pub, info_pub)) > 0, 30,
+                 "the node subscribing to the colour, depth and camera_info topics")
+        wait_for(lambda: made.node.count_publishers("/instance_markers") > 0, 30, "the node's instance_markers")
+        shown: set[int] = set()
+        for frame in (BOTH, BOTH, FIRST_ONLY):
+            result = send_rgbd(probe, image_pub, depth_pub, info_pub, frame)
+            assert result.instruction == INSTRUCTION and result.depth_status == result.DEPTH_OK, result.depth_problem
+            overlay = image_msg_to_array(wait_for(lambda: probe.image_for(probe.overlays, result.header.stamp), 20,
+                                                  "the overlay of the frame"))
+            counts = check_markers(markers_of(marker_arrays, result.header.stamp), result, overlay, shown)
+            shown = {inst.id for inst in result.instances if inst.location.status == inst.location.OK}
+            if frame is BOTH:
+                assert counts["boxes"] >= 2 and counts["deletes"] == 0, counts
+        assert counts["deletes"] >= 2, counts  # the second square is gone: its box and label deleted
+        stop(launch)
 
 
 def test_cameras_in_a_namespace_with_compressed_input_and_an_own_parameter_file(harness, tmp_path):
@@ -276,7 +279,7 @@ def test_cameras_in_a_namespace_with_compressed_input_and_an_own_parameter_file(
     with started(CAMERAS, tmp_path, "cameras") as launch, endpoints(harness) as made:
         probes = {camera: Probe(harness, "/robot", camera=camera) for camera in ("front", "wrist")}
         publishers = {camera: made.publisher(CompressedImage, f"/{camera}/image_raw/compressed") for camera in probes}
-        made.publisher(String, "/robot/instruction", LATCHED).publish(String(data="squares"))
+        made.publisher(String, "/robot/instruction", LATCHED).publish(String(data=INSTRUCTION))
         try:
             wait_ready(launch, "/robot/segment_node")
             assert_clean(launch.lines())
@@ -297,21 +300,14 @@ def test_cameras_in_a_namespace_with_compressed_input_and_an_own_parameter_file(
 
 
 def test_ros2_run_starts_the_node_that_answers_and_stops_on_ctrl_c(harness, tmp_path):
-    with started(RUN, tmp_path, "run") as run, endpoints(harness) as made:
-        probe = Probe(harness, "/front")
-        image_pub = made.publisher(Image, "/front/image_raw")
-        made.publisher(String, "/front/instruction", LATCHED).publish(String(data="squares"))
-        try:
-            wait_ready(run, "/front/segment_node")
-            # No launch prefix here: the node's own lines, every one an INFO line, nothing else.
-            assert all(re.match(r"^\[INFO\] \[\d+\.\d+\] \[front\.segment_node\]: \S", line) for line in run.lines()), \
-                run.output()
-            wait_for(lambda: image_pub.get_subscription_count() > 0, 30, "the node subscribing to /front/image_raw")
-            result = wait_answer(probe, image_pub, BOTH.rgb, "squares")
-            assert (result.width, result.height) == (640, 480)
-            stop(run)
-        finally:
-            probe.close()
+    with one_camera(harness, tmp_path, RUN, "/front", "/front/image_raw") as (run, probe, image_pub, _):
+        # No launch prefix here: the node's own lines, every one an INFO line, nothing else.
+        assert all(re.match(r"^\[INFO\] \[\d+\.\d+\] \[front\.segment_node\]: \S", line) for line in run.lines()), \
+            run.output()
+        wait_for(lambda: image_pub.get_subscription_count() > 0, 30, "the node subscribing to /front/image_raw")
+        result = wait_answer(probe, image_pub, BOTH.rgb, INSTRUCTION)
+        assert (result.width, result.height) == (640, 480)
+        stop(run)
 
 
 def _declared_arguments() -> dict[str, str]:
