@@ -98,7 +98,9 @@ class RosCommand:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([str(ROS2), *args[1:]], cwd=cwd, env=launch_env(), stdout=self._log,
+        # launch_ros leaves a /tmp/launch_params_* file per run and launch a log folder: both here.
+        env = {**launch_env(), "TMPDIR": str(cwd), "ROS_LOG_DIR": str(cwd / "ros_log")}
+        self.proc = subprocess.Popen([str(ROS2), *args[1:]], cwd=cwd, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_child_setup)
         self.pgid = self.proc.pid
