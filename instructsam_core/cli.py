@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructsam {name}: error: {error}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except UserError as error:
@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, info notices) out of command output.
+def quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, info notices) out of command output (and out
+    of the ROS node's log, where launch shows a bar as an empty line).
 
     Through the variables transformers and huggingface_hub read when they are imported (a value
     the user set is kept), so that a command that never loads a model does not import them just

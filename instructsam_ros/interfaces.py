@@ -6,7 +6,7 @@ them the first import error would only say "No module named 'instructsam_ros.msg
 from __future__ import annotations
 
 try:
-    from instructsam_ros.msg import Instance, InstanceSegmentation
+    from instructsam_ros.msg import Instance, Instance3D, InstanceSegmentation
     from instructsam_ros.srv import Segment
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -15,4 +15,4 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         f"`source install/setup.bash` ({error})"
     ) from error
 
-__all__ = ["Instance", "InstanceSegmentation", "Segment"]
+__all__ = ["Instance", "Instance3D", "InstanceSegmentation", "Segment"]

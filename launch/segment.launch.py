@@ -28,10 +28,15 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from instructsam_ros.segment_node.cameras import depth_remappings, image_remappings, parse_camera_argument
 from instructsam_ros.dds.profiles import profile_variables
+from instructsam_ros.segment_node.parameters import launch_value
+
+# Launch arguments that are node parameters of the same name.
+NODE_ARGUMENTS = ("model", "device", "sam3_config", "inference_layout", "use_compressed", "threshold", "autostart")
 
 
 def _segment_node(context):
@@ -44,15 +49,12 @@ def _segment_node(context):
                              LaunchConfiguration("depth_info").perform(context),
                              LaunchConfiguration("depths").perform(context),
                              LaunchConfiguration("depth_infos").perform(context))
-    overrides = {
-        "model": LaunchConfiguration("model"),
-        "device": LaunchConfiguration("device"),
-        "sam3_config": LaunchConfiguration("sam3_config"),
-        "inference_layout": LaunchConfiguration("inference_layout"),
-        "use_compressed": LaunchConfiguration("use_compressed"),
-        "threshold": LaunchConfiguration("threshold"),
-        "autostart": LaunchConfiguration("autostart"),
-    }
+    # Checked here as the node checks them, so a bad value stops the launch with the node's reason
+    # instead of a node that starts with its default; strings stay strings (model:=yes is a path).
+    overrides = {}
+    for name in NODE_ARGUMENTS:
+        value = launch_value(name, LaunchConfiguration(name).perform(context))
+        overrides[name] = ParameterValue(value, value_type=str) if isinstance(value, str) else value
     if cameras:  # an empty list has no type in ROS parameters: no camera listed is the default
         overrides.update({"cameras": cameras})
     if depth:  # a depth topic given: 3-D on (otherwise the params file decides, false by default)
@@ -81,7 +83,7 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="image", description="input image topic of the single camera (remaps 'image' and 'image/compressed')"),
         DeclareLaunchArgument("cameras", default_value="", description="camera names, e.g. front,wrist: one node serves them all (topics <camera>/image, ...); empty: one camera"),
         DeclareLaunchArgument("images", default_value="", description="with cameras: one input image topic per camera, in the same order (empty: <camera>/image)"),
-        DeclareLaunchArgument("depth", default_value="", description="aligned depth image topic of the single camera (16UC1 or 32FC1); turns 3-D on (empty: no depth)"),
+        DeclareLaunchArgument("depth", default_value="", description="aligned depth image topic of the single camera (16UC1 or 32FC1), a topic, not true/false; turns 3-D on (empty: no depth)"),
         DeclareLaunchArgument("depth_info", default_value="", description="CameraInfo of that depth image (empty: camera_info next to the depth topic)"),
         DeclareLaunchArgument("depths", default_value="", description="with cameras: one aligned depth image topic per camera, in the same order; turns 3-D on"),
         DeclareLaunchArgument("depth_infos", default_value="", description="with cameras: one depth CameraInfo topic per camera (empty: camera_info next to each depth topic)"),

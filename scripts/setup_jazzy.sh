@@ -16,4 +16,6 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"
 python -m pip install -q -r requirements-ros-jazzy.txt
 INSTRUCTSAM_ROS_BUILD=build/ros-jazzy INSTRUCTSAM_ROS_INSTALL=install/ros-jazzy bash scripts/build_ros.sh
+# The same `ros2 launch` wheels work with Jazzy's rclpy (tests/ros/test_ros_launch.py runs there too).
+bash scripts/install_launch.sh
 echo "setup_jazzy done: activate with '. .venv-jazzy/bin/activate'"

@@ -9,4 +9,6 @@ export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-87}
 # One BLAS thread per process: the node, its test and pytest share two cores, and
 # oversubscribed threads made tiny-model calls 70x slower under load.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# `ros2 launch` for the launch tests (a no-op when installed; skipped without ../shared/wheels).
+bash scripts/install_launch.sh
 exec python -m pytest tests -q "$@"

@@ -27,4 +27,6 @@ origin = Path(instructsam_ros.msg.__file__).resolve()
 assert (Path.cwd() / "install" / "ros-jazzy").resolve() in origin.parents, f"interfaces from {origin}"
 print(f"test_jazzy: ros-jazzy-rclpy {metadata.version('ros-jazzy-rclpy')}, interfaces from {origin.parent}")
 PY
+# `ros2 launch` for the launch tests (a no-op when installed; skipped without ../shared/wheels).
+bash scripts/install_launch.sh
 exec python -m pytest tests/ros -q "$@"

@@ -259,7 +259,7 @@ def _module_level_closure(starts: list[str]) -> dict[str, list[str]]:
 @pytest.mark.parametrize("start", [
     "instructsam_ros.bags.command", "instructsam_ros.bags.annotate",  # annotate-bag runs without ROS
     "instructsam_ros.depth.geometry", "instructsam_ros.depth.pairing",  # "without ROS" in their docstrings
-    "instructsam_ros.messages.mask_layout", "instructsam_ros.messages.tracking",
+    "instructsam_ros.messages.mask_layout", "instructsam_ros.messages.tracking", "instructsam_ros.messages.marker_layout",
     "instructsam_ros.segment_node.cameras", "instructsam_ros.segment_node.segmenter",
 ])
 def test_ros_free_modules_load_nothing_of_ros(start):

@@ -12,7 +12,8 @@ With depth (parameter `depth`), the stream also owns the camera's depth input
 and `<camera>/depth/camera_info`). Publishing a frame hands its masks to the 3-D step once, in
 the worker thread (`DepthInput.locate_frame`: pairing by stamp, geometry, `Instance.location`
 and the frame's depth status filled, the point cloud built) and gets the outcome back; the
-stream then publishes `<camera>/instance_points` while someone subscribes.
+stream then publishes `<camera>/instance_points` and `<camera>/instance_markers` (boxes and
+labels for RViz and Foxglove, `messages.markers`) while someone subscribes to each.
 
 The node creates streams at configure and when its camera list changes at activation, and
 destroys them at cleanup or when a camera is removed; a destroyed stream publishes nothing
@@ -28,6 +29,7 @@ from typing import Any
 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from instructsam_ros.segment_node.cameras import camera_label, camera_topic
 from instructsam_ros.depth.geometry import DepthSettings
@@ -37,6 +39,8 @@ from instructsam_ros.segment_node.instructions import RecentMessages, instructio
 from instructsam_ros.messages.images import array_to_image_msg
 from instructsam_ros.messages.instances import label_image, prediction_to_msg
 from instructsam_ros.interfaces import InstanceSegmentation
+from instructsam_ros.messages.marker_layout import MarkerSet
+from instructsam_ros.messages.markers import frame_markers
 from instructsam_ros.messages.overlay import draw_overlay
 from instructsam_ros.dds.qos import stream_qos
 from instructsam_ros.segment_node.segmenter import InstructionState, PhraseCache, SegmentResult
@@ -109,13 +113,15 @@ class CameraStream:
         # Depth: callbacks only queue messages; pairing and the 3-D step run in the worker.
         self.depth: DepthInput | None = None
         self.depth_topic = self.depth_info_topic = ""
-        self._points_pub = None
+        self._points_pub = self._markers_pub = None
+        self._markers = MarkerSet()
         if settings["depth"]:
             self.depth = DepthInput(queue_size=int(settings["depth_queue_size"]))
             for stats in {id(self.stats): self.stats, id(node_stats): node_stats}.values():
                 stats.depth_enabled = True
             self._points_pub = node.create_lifecycle_publisher(PointCloud2, camera_topic(name, "instance_points"), out_qos)
-            self._publishers.append(self._points_pub)
+            self._markers_pub = node.create_lifecycle_publisher(MarkerArray, camera_topic(name, "instance_markers"), out_qos)
+            self._publishers += [self._points_pub, self._markers_pub]
 
         # Subscriptions last (see above).
         if self.depth is not None:
@@ -130,7 +136,8 @@ class CameraStream:
             self.depth_topic, self.depth_info_topic = depth_sub.topic_name, info_sub.topic_name
             self._subscriptions += [depth_sub, info_sub]
             node.get_logger().info(f"{self.label + ': ' if name else ''}depth on {self.depth_topic} with "
-                                   f"{self.depth_info_topic}; 3-D points on {self._points_pub.topic_name}")
+                                   f"{self.depth_info_topic}; 3-D points on {self._points_pub.topic_name}, markers on "
+                                   f"{self._markers_pub.topic_name}")
         if own_instruction is not None:
             subs = subscribe_instructions(node, camera_topic(name, "instruction"), self._on_instruction, instruction_group)
             self.instruction_topic = subs[0].topic_name
@@ -209,12 +216,23 @@ class CameraStream:
             self._seg_pub.publish(msg)
             if cloud is not None:
                 self._points_pub.publish(cloud)
+            if self._markers_pub is not None:
+                self._publish_markers(msg)
             if want_label:
                 self._label_pub.publish(array_to_image_msg(labels, "mono16", header))
             if want_overlay:
                 overlay = draw_overlay(rgb, labels, prediction.instances, result.ids, result.boxes, distances=distances)
                 self._overlay_pub.publish(array_to_image_msg(overlay, "rgb8", header))
             return True
+
+    def _publish_markers(self, msg: InstanceSegmentation) -> None:
+        """The result's boxes and labels, and DELETEs for instances gone, while someone subscribes."""
+        if self._markers_pub.get_subscription_count() == 0:
+            self._markers.forget()
+            return
+        markers = frame_markers(msg, self._markers)
+        if markers is not None:
+            self._markers_pub.publish(markers)
 
     def _record_depth(self, outcome: DepthResult) -> None:
         """Count the frame's 3-D outcome per cause, time it, and warn (rate-limited) about problems."""

@@ -128,6 +128,10 @@ def _topic_list(text: str) -> list[str]:
     return [part.strip().strip("'\"") for part in re.split(r"[,\s]+", body) if part.strip()]
 
 
+# What `depth:=` means as a boolean (the node parameter `depth` is one); the argument is a topic.
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
 def sibling_camera_info(depth_topic: str) -> str:
     """The CameraInfo topic next to an image topic (image_transport's convention):
     /camera/aligned_depth_to_color/image_raw -> /camera/aligned_depth_to_color/camera_info."""
@@ -145,6 +149,11 @@ def depth_remappings(cameras: list[str], depth: str, depth_info: str, depths_tex
     list one topic per camera in the camera order (same syntax as the camera list).
     Raises ValueError naming the problem.
     """
+    for argument, text in (("depth", depth), ("depths", depths_text)):
+        if text.strip().lower() in _BOOLEAN_WORDS:
+            raise ValueError(f"{argument}:={text.strip()} is not a topic: {argument} names the aligned depth image topic "
+                             f"(e.g. {argument}:=/camera/aligned_depth_to_color/image_raw) and turns 3-D on; leave it "
+                             "empty for none")
     if not cameras:
         if not depth.strip():
             if depth_info.strip():

@@ -27,6 +27,7 @@ from instructsam_ros.segment_node.parameters import (
     camera_spec,
     clean_phrases,
     spec,
+    unset_as_default,
     validate,
 )
 
@@ -40,7 +41,10 @@ class ParameterHandling:
         for entry in PARAMETERS:
             # Dynamic typing: the type is checked by `validate` with a readable reason, and an
             # integer works for a float parameter (`-p threshold:=1`), which rclpy would refuse.
-            value = self.declare_parameter(entry.name, entry.default, self._descriptor(entry)).value
+            declared = self.declare_parameter(entry.name, entry.default, self._descriptor(entry)).value
+            value = unset_as_default(entry.name, declared)
+            if value is not declared:  # `phrases: []` in a parameter file: set, so it reads as []
+                self.set_parameters([Parameter(entry.name, value=value)])
             reason = validate(entry.name, value)
             if reason:
                 # A bad value from the command line or YAML: keep the default, say so.

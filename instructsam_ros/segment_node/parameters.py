@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from instructsam_core.tokens import MAX_INSTRUCTION_CHARS  # one limit for the CLI and the node
 from instructsam_ros.segment_node.cameras import camera_names_problem
 
@@ -202,6 +204,35 @@ def validate(name: str, value: Any, entry: ParameterSpec | None = None) -> str |
         return None
     reason = entry.check(value)
     return f"{name} {reason}" if reason else None
+
+
+def unset_as_default(name: str, value: Any) -> Any:
+    """A start-up value as the table types it: a list parameter ROS left unset (None) is its
+    default, the empty list. ROS's parameter-file reader gives an empty YAML list (`phrases: []`)
+    no type, so the node receives it unset, which means what it says: no entries."""
+    entry = spec(name)
+    return list(entry.default) if value is None and isinstance(entry.default, list) else value
+
+
+def launch_value(name: str, text: str) -> Any:
+    """A launch argument's text as the value of parameter `name`, checked as the node checks it;
+    ValueError in one line otherwise.
+
+    Booleans and numbers are read with YAML rules, as ROS reads `-p name:=text` and as
+    launch_ros would pass them on (`true`, `0.4`, `.nan`); strings stay the text as given."""
+    entry = spec(name)
+    value: Any = text
+    if not isinstance(entry.default, str):
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        if isinstance(entry.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+    reason = validate(name, value)
+    if reason:
+        raise ValueError(f"launch argument {name}:={text!r} refused: {reason}")
+    return value
 
 
 def clean_phrases(value: Any) -> list[str]:

@@ -18,6 +18,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
+from instructsam_core.cli import quiet_libraries
 from instructsam_ros.dds.profiles import use_large_data_profile
 from instructsam_ros.segment_node.executor import FramesInlineExecutor
 from instructsam_ros.segment_node.node import SegmentNode
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     process, so it is not released first.
     """
     use_large_data_profile()
+    # No weight-loading bar: a node's log is read line by line (launch shows a bar as an empty line).
+    quiet_libraries()
     rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     received: list[str] = []

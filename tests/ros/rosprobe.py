@@ -1,6 +1,7 @@
 """Test-side helpers to talk to a segment_node process: publish frames, collect its outputs."""
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import signal
@@ -21,7 +22,7 @@ from rcl_interfaces.srv import SetParameters
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from instructsam_ros.messages.images import array_to_image_msg
@@ -283,6 +284,22 @@ def _parameter_value(value: Any) -> ParameterValue:
     if isinstance(value, list):
         return ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=value)
     raise TypeError(value)
+
+
+def camera_info(k) -> CameraInfo:
+    """The CameraInfo of intrinsics `k` (depth_scenes.pinhole), frame depth_optical."""
+    msg = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
+    msg.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+    msg.header.frame_id = "depth_optical"
+    return msg
+
+
+def depth_image(pixels: np.ndarray, encoding: str) -> Image:
+    """A depth Image (16UC1 or 32FC1) of an array, little-endian."""
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, is_bigendian=0,
+                step=pixels.shape[1] * pixels.dtype.itemsize)
+    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
+    return msg
 
 
 def test_scene(height: int, width: int, seed: int = 0) -> np.ndarray:

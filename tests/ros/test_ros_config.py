@@ -18,7 +18,15 @@ from instructsam_ros.dds.profiles import (
     shared_memory_limit,
 )
 from instructsam_ros.segment_node.diagnostics import FrameTiming, StreamStats, build_diagnostics
-from instructsam_ros.segment_node.parameters import MAX_PHRASES, PARAMETER_NAMES, PARAMETERS, phrase_list_problem, validate
+from instructsam_ros.segment_node.cameras import depth_remappings
+from instructsam_ros.segment_node.parameters import (
+    MAX_PHRASES,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    launch_value,
+    phrase_list_problem,
+    validate,
+)
 from instructsam_ros.dds.qos import instruction_qos, stream_qos
 from instructsam_ros.dds.profiles import use_large_data_profile
 from instructsam_ros.segment_node.diagnostics import ProblemLog
@@ -94,11 +102,15 @@ def test_launch_file_sets_only_declared_parameters():
     keywords = {k.arg: k.value for k in node_calls[0].keywords}
     assert ast.literal_eval(keywords["package"]) == "instructsam_ros"
     assert ast.literal_eval(keywords["executable"]) == "segment_node"
-    # Every dict literal of the file is a parameter dict (the camera list is added to one).
+    # Every dict literal of the file is a parameter dict (the camera list is added to one), and
+    # NODE_ARGUMENTS names the launch arguments passed on as the node's parameters of that name.
     dicts = [n for n in ast.walk(tree) if isinstance(n, ast.Dict)]
     names = {ast.literal_eval(k) for d in dicts for k in d.keys}
     assert "cameras" in names
-    assert names, "the launch file passes no parameters"
+    passed = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", None) == "NODE_ARGUMENTS")
+    assert {"model", "device", "threshold", "use_compressed", "autostart"} <= set(passed)
+    names |= set(passed)
     assert names <= PARAMETER_NAMES, names - PARAMETER_NAMES
     # The launch arguments the issue asks for exist.
     declared = {
@@ -110,9 +122,44 @@ def test_launch_file_sets_only_declared_parameters():
     used = {
         ast.literal_eval(n.args[0])
         for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "LaunchConfiguration"
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "LaunchConfiguration" and isinstance(n.args[0], ast.Constant)
     }
     assert used <= declared, used - declared
+    assert set(passed) <= declared
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("threshold", "0.4", 0.4), ("threshold", "1", 1.0), ("use_compressed", "true", True), ("autostart", "False", False),
+    ("model", "yes", "yes"), ("device", "cuda:0", "cuda:0"), ("sam3_config", "", ""), ("inference_layout", "release", "release"),
+])
+def test_launch_values_are_typed_as_ros_reads_them(name, text, value):
+    got = launch_value(name, text)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("threshold", "high", "threshold must be of type float, got str"),
+    ("threshold", ".nan", "threshold must be a finite number"),
+    ("threshold", "-0.1", "threshold must be in [0.0, 1.0]"),
+    ("use_compressed", "maybe", "use_compressed must be of type bool, got str"),
+    ("autostart", "1", "autostart must be of type bool, got int"),
+    ("device", "gpu", "device must be auto, cpu"),
+    ("inference_layout", "fast", "inference_layout must be release, trained"),
+])
+def test_bad_launch_values_are_refused_with_the_nodes_reason(name, text, words):
+    with pytest.raises(ValueError) as refused:
+        launch_value(name, text)
+    message = str(refused.value)
+    assert message.startswith(f"launch argument {name}:={text!r} refused: ") and words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["true", "false", "True", "1"])
+def test_depth_arguments_are_topics_not_booleans(value):
+    for cameras, arguments in (([], {"depth": value}), (["front"], {"depths_text": value})):
+        with pytest.raises(ValueError, match=r"is not a topic: depths? names the aligned depth image topic"):
+            depth_remappings(cameras, arguments.get("depth", ""), "", arguments.get("depths_text", ""))
+    # A topic that merely contains the word is a topic.
+    assert depth_remappings([], f"/{value}/depth", "")[0] == ("depth/image", f"/{value}/depth")
 
 
 def test_launch_file_uses_the_packaged_config_files():

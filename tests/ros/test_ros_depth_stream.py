@@ -24,7 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from instructsam_ros.depth.conversions import cloud_msg_to_array
 from instructsam_ros.messages.instances import msg_to_mask
 from instructsam_ros.demo.depth_scenes import Plate, pinhole, render, to_16uc1, with_holes
-from rosprobe import Probe, stamp_ns, unique_stamp, wait_for
+from rosprobe import Probe, camera_info, depth_image, stamp_ns, unique_stamp, wait_for
 
 NS = "/depth_test"
 K = pinhole(640, 480, 40.0)
@@ -88,20 +88,6 @@ class DepthProbe:
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise AssertionError("no result for the colour frame") from None
-
-
-def camera_info(k) -> CameraInfo:
-    msg = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
-    msg.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
-    msg.header.frame_id = "depth_optical"
-    return msg
-
-
-def depth_image(pixels: np.ndarray, encoding: str) -> Image:
-    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, is_bigendian=0,
-                step=pixels.shape[1] * pixels.dtype.itemsize)
-    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
-    return msg
 
 
 @pytest.fixture(scope="module")

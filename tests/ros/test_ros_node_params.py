@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -13,6 +15,7 @@ from instructsam_ros.segment_node.parameters import PARAMETERS
 from instructsam_ros.segment_node.node import SegmentNode
 from rosprobe import RELIABLE, wait_for
 
+REPO = Path(__file__).resolve().parents[2]
 FLOAT_PARAMETERS = [entry for entry in PARAMETERS if isinstance(entry.default, float)]
 
 
@@ -80,6 +83,43 @@ def test_non_finite_floats_are_refused_from_the_command_line_and_at_run_time(mak
             refused = node.set_parameters([Parameter(entry.name, value=value)])[0]
             assert not refused.successful and refused.reason == f"{entry.name} must be a finite number, got {value}"
         assert node.get_parameter(entry.name).value == entry.default
+
+
+class ErrorRecorder:
+    """A node's logger that also keeps what was logged as an error."""
+
+    def __init__(self, logger, errors: list[str]) -> None:
+        self._logger, self._errors = logger, errors
+
+    def error(self, message, *args, **kwargs):
+        self._errors.append(message)
+        return self._logger.error(message, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
+
+
+def test_the_package_parameter_file_read_by_ros_gives_its_values_without_an_error(harness):
+    """ROS's parameter-file reader (rcl, as `--params-file` and launch use it) gives an empty YAML
+    list (`phrases: []`) no type: the node receives it unset and takes it as the empty list it
+    is, without an error; every other value arrives as the file writes it (read here with PyYAML)."""
+    errors: list[str] = []
+
+    class Recording(SegmentNode):
+        def get_logger(self):
+            return ErrorRecorder(super().get_logger(), errors)
+
+    config = REPO / "instructsam_ros" / "config" / "segment_node.yaml"
+    written = yaml.safe_load(config.read_text())["/**"]["ros__parameters"]
+    assert written["phrases"] == []
+    node = Recording("param_file_node", context=harness.context, cli_args=["--ros-args", "--params-file", str(config)])
+    try:
+        assert errors == []
+        for name, value in written.items():
+            assert node.get_parameter(name).value == value, name
+        assert node.instruction.snapshot()[2] == []
+    finally:
+        node.destroy_node()
 
 
 def test_a_missing_device_is_named_and_the_node_stays_unconfigured(make_node, harness, tiny_model_dir):
