@@ -118,9 +118,16 @@ def write_bag(
     return recorded
 
 
+def _any_reader(path: Path) -> AnyReader:
+    """rosbags' reader; our types for bags without stored definitions (Humble's sqlite3)."""
+    from instructsam_ros.bags.types import build_typestore
+
+    return AnyReader([path], default_typestore=build_typestore())
+
+
 def read_bag(path: Path) -> tuple[dict[str, str], list[tuple[str, int, bytes]]]:
     """(topic -> type, [(topic, log time, raw bytes)] in log-time order) of any bag."""
-    with AnyReader([path]) as reader:
+    with _any_reader(path) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         messages = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
     return types, messages
@@ -128,7 +135,7 @@ def read_bag(path: Path) -> tuple[dict[str, str], list[tuple[str, int, bytes]]]:
 
 def deserialize(path: Path, topic: str) -> list[tuple[int, object]]:
     """(log time, message) of one topic, deserialised with the definitions stored in the bag."""
-    with AnyReader([path]) as reader:
+    with _any_reader(path) as reader:
         connections = [c for c in reader.connections if c.topic == topic]
         return [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages(connections=connections)]
 

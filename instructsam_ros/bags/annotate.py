@@ -36,9 +36,10 @@ from typing import Any
 from instructsam_core.errors import UserError
 from instructsam_ros.bags.batching import AnnotationPass
 from instructsam_ros.bags.journal import RunState, fingerprint, write_atomic
-from instructsam_ros.bags.options import AnnotateOptions, check_options, check_output
+from instructsam_ros.bags.options import AnnotateOptions, check_options, check_output, output_compression
 from instructsam_ros.bags.reading import count_frames, open_bag, resolve_topics, storage_of, time_window
-from instructsam_ros.bags.summary import COCO_NAME, Summary
+from instructsam_ros.bags.rosbag2_format import DISTROS, distro_for
+from instructsam_ros.bags.summary import COCO_NAME, Summary, nothing_annotated
 from instructsam_ros.bags.types import BagMessages, build_typestore
 from instructsam_ros.bags.writer import OutputBag
 
@@ -60,8 +61,12 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
     summary.seconds.update(count=0.0, load=0.0, decode=0.0, model=0.0, record=0.0, finish=0.0)
     state = RunState(options.out)
     output = None
-    finished = False
+    finished = discard = False
     try:
+        compression = output_compression(options, storage)
+        reader.check_index()  # a bag whose files lack messages its metadata lists: refused before any work
+        distro = DISTROS[options.ros_distro] if options.ros_distro else distro_for(reader.version, reader.ros_distro)
+        summary.distro, summary.compression = distro, compression
         topics = resolve_topics(reader, options.bag, options.topics)
         window = time_window(reader, options.start, options.end)
         start = time.perf_counter()
@@ -77,14 +82,19 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
         staging = state.dir / "output" / options.out.name
         shutil.rmtree(staging.parent, ignore_errors=True)  # a bag an interrupted run was writing
         staging.parent.mkdir(parents=True)
-        output = OutputBag(staging, storage, reader, topics, messages, options, options.use_threads)
+        output = OutputBag(staging, storage, reader, topics, messages, options, options.use_threads, distro, compression)
         bar = tqdm(total=summary.frames, initial=summary.resumed, unit="frame", desc="annotating",
                    disable=not options.progress, mininterval=1.0)
         AnnotationPass(reader, options, topics, window, state, output, load_predictor, summary, bar).run()
         bar.close()
+        discard = True  # a bag that lost messages, or gave no frame, leaves nothing worth resuming
+        _check_copied(reader.counts(), output.handed, options.bag)
+        if not summary.annotated:
+            raise UserError(nothing_annotated(summary, options.bag))
+        discard = False
         start = time.perf_counter()
         output.finish()
-        summary.messages_copied, summary.messages_added = output.copied, output.added
+        summary.messages_copied, summary.messages_added, summary.size = output.copied, output.added, output.size
         write_atomic(staging / COCO_NAME, json.dumps(output.coco(), separators=(",", ":")) + "\n")
         output = None
         if options.out.exists():  # --overwrite, checked above
@@ -97,11 +107,19 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
         if output is not None:
             output.abort()
         reader.close()
-        if finished or (state.owned and not state.holds_results()):
+        if finished or (state.owned and (discard or not state.holds_results())):
             state.remove()  # done, or failed before any result worth resuming from
         state.close()
     summary.seconds["total"] = time.perf_counter() - wall
     return summary
+
+
+def _check_copied(listed, copied, bag: Path) -> None:
+    """Every message the bag's files index goes to the output, or nothing is written."""
+    for topic in sorted(set(listed) | set(copied)):
+        if copied[topic] != listed[topic]:
+            raise UserError(f"read {copied[topic]} of the {listed[topic]} messages that the index of {bag} lists on "
+                            f"{topic}; the bag is damaged, nothing was written")
 
 
 def _fsync_dir(path: Path) -> None:
