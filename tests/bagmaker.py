@@ -79,14 +79,15 @@ def write_bag(
     bad: dict[str, set[int]] | None = None,
     garbage: dict[str, set[int]] | None = None,
     chatter: bool = True,
+    version: int = 9,
 ) -> list[Recorded]:
     """A bag with `frames` images on each topic ("raw" or "compressed"), one second apart, plus
     a std_msgs/String topic between them. Frames listed in `bad` are written as nv12 (unsupported),
-    those in `garbage` as bytes that are no CDR message at all."""
+    those in `garbage` as bytes that are no CDR message at all. `version`: rosbags writes 8 or 9."""
     height, width = size
     bad, garbage = bad or {}, garbage or {}
     recorded: list[Recorded] = []
-    with Writer(path, version=9, storage_plugin=PLUGINS[storage]) as writer:
+    with Writer(path, version=version, storage_plugin=PLUGINS[storage]) as writer:
         connections = {}
         for name, kind in topics.items():
             msgtype = "sensor_msgs/msg/Image" if kind == "raw" else "sensor_msgs/msg/CompressedImage"
