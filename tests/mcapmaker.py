@@ -98,14 +98,16 @@ def write_mcap(paths: list[Path], frames: int = 20, tf: int = 30, size: tuple[in
         schemas = {topic: writer.register_msgdef(msgtype, DEFINITIONS[msgtype]) for topic, msgtype in TYPES.items()}
         for log_time, topic, i in events[number * share:(number + 1) * share]:
             stamp = (1000 + i, 17)
-            header = {"stamp": {"sec": stamp[0], "nanosec": stamp[1]}, "frame_id": "camera" if topic == CAMERA else "map"}
+            frame_id = "camera" if topic == CAMERA else "map"
+            header = {"stamp": {"sec": stamp[0], "nanosec": stamp[1]}, "frame_id": frame_id}
             if topic == CAMERA:
                 message = {"header": header, "height": height, "width": width, "encoding": "rgb8", "is_bigendian": 0,
                            "step": width * 3, "data": pictures[i].tobytes()}
                 recorded.append(Frame(i, log_time, stamp, pictures[i]))
             elif topic == TF:
-                message = {"transforms": [{"header": header, "child_frame_id": "base_link", "transform": {
-                    "translation": {"x": 0.01 * i, "y": 0.0, "z": 0.0}, "rotation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}}]}
+                transform = {"translation": {"x": 0.01 * i, "y": 0.0, "z": 0.0},
+                             "rotation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}
+                message = {"transforms": [{"header": header, "child_frame_id": "base_link", "transform": transform}]}
             else:
                 message = {"data": "<robot name='r'/>"}
             writer.write_message(topic, schemas[topic], message, log_time=log_time)
@@ -113,7 +115,8 @@ def write_mcap(paths: list[Path], frames: int = 20, tf: int = 30, size: tuple[in
     return recorded
 
 
-def rewrite(source: Path, target: Path, profiles: dict[str, list[dict]], index_types: IndexType = IndexType.ALL) -> None:
+def rewrite(source: Path, target: Path, profiles: dict[str, list[dict]],
+            index_types: IndexType = IndexType.ALL) -> None:
     """`source` rewritten by the `mcap` writer alone, with each channel's QoS as rosbag2 stores it
     (channel metadata `offered_qos_profiles`: the YAML text of the list) and the given indexes."""
     with open(source, "rb") as handle:

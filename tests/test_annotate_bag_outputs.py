@@ -80,6 +80,11 @@ def parse_qos(value, distro: str):
     return yaml.safe_load(value) if value else []
 
 
+def stored_qos(text: str, distro: str):
+    """A storage file's QoS string (sqlite3 column, MCAP channel metadata): the YAML of the list."""
+    return parse_qos(text if VERSION[distro] < 9 else yaml.safe_load(text), distro)
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 @pytest.mark.parametrize("distro", ["humble", "iron", "jazzy", "kilted"])
 def test_metadata_and_storage_as_the_distribution_writes_them(recording, tmp_path, tiny_model_dir, distro, storage):
@@ -138,14 +143,15 @@ def check_sqlite(path: Path, distro: str, info: dict, qos_text: dict, hashes: di
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         schema = SQLITE_SCHEMA[distro]
-        assert tables == {"schema", "metadata", "topics", "messages"} | ({"message_definitions"} if schema >= 4 else set())
+        definitions = {"message_definitions"} if schema >= 4 else set()
+        assert tables == {"schema", "metadata", "topics", "messages"} | definitions
         assert db.execute("SELECT schema_version, ros_distro FROM schema").fetchall() == [(schema, distro)]
         columns = [row[1] for row in db.execute("PRAGMA table_info(topics)")]
         assert columns == ["id", "name", "type", "serialization_format", "offered_qos_profiles"] + (
             ["type_description_hash"] if schema >= 4 else [])
         for row in db.execute("SELECT * FROM topics"):
             name, qos = row[1], row[4]
-            assert parse_qos(qos if VERSION[distro] < 9 else yaml.safe_load(qos), distro) == parse_qos(qos_text[name], distro)
+            assert stored_qos(qos, distro) == parse_qos(qos_text[name], distro)
             if schema >= 4:
                 assert row[5] == hashes[name]
         rows = db.execute("SELECT metadata_version, metadata FROM metadata").fetchall()
@@ -165,8 +171,7 @@ def check_mcap(path: Path, distro: str, info: dict, qos_text: dict, hashes: dict
             expected_keys = {"offered_qos_profiles"} | ({"topic_type_hash"} if VERSION[distro] >= 7 else set())
             assert set(channel.metadata) == expected_keys
             stored = channel.metadata["offered_qos_profiles"]
-            assert parse_qos(stored if VERSION[distro] < 9 else yaml.safe_load(stored), distro) == parse_qos(
-                qos_text[channel.topic], distro)
+            assert stored_qos(stored, distro) == parse_qos(qos_text[channel.topic], distro)
             if VERSION[distro] >= 7:
                 assert channel.metadata["topic_type_hash"] == hashes[channel.topic]
         records = [(m.name, dict(m.metadata)) for m in reader.iter_metadata()]
@@ -231,7 +236,8 @@ def test_sqlite3_compressed_as_rosbag2_compresses(recording, tmp_path, tiny_mode
         with sqlite3.connect(plain / "plain.db3") as db:
             plain_rows = db.execute("SELECT data FROM messages ORDER BY id").fetchall()
         assert all(row[0].startswith(magic) for row in rows)
-        assert [zstandard.ZstdDecompressor().decompressobj().decompress(r[0]) for r in rows] == [r[0] for r in plain_rows]
+        unpack = zstandard.ZstdDecompressor()
+        assert [unpack.decompressobj().decompress(r[0]) for r in rows] == [r[0] for r in plain_rows]
     assert read_bag(out) == read_bag(plain)
     assert (out / name).stat().st_size < (plain / "plain.db3").stat().st_size
 

@@ -8,6 +8,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import mcap.writer
 import zstandard
 from mcap.writer import LIBRARY_IDENTIFIER, CompressionType
 from mcap.writer import Writer as McapWriter
@@ -18,6 +19,23 @@ MCAP_COMPRESSIONS = {"none": CompressionType.NONE, "zstd": CompressionType.ZSTD,
 ZSTD_LEVEL = 1  # rosbag2_compression_zstd's kDefaultZstdCompressionLevel
 MCAP_CHUNK_BYTES = 4 * 1024 * 1024  # rosbag2's zstd_small preset: chunks that compress well
 LIBRARY = f"instructsam annotate-bag; {LIBRARY_IDENTIFIER}"
+
+
+class _ZstdAtRosbag2Level:
+    """What `mcap`'s writer calls to compress a chunk (`zstandard.compress`, level 3), at
+    rosbag2's level 1 instead: 14x faster on a noisy 640x480 frame (0.9 against 12 ms on 2
+    cores) for a 1 % larger result (BENCHMARKS.md). The writer has no level option; its module's
+    `zstandard` is replaced by this, for every MCAP written in this process."""
+
+    ZstdError = zstandard.ZstdError
+
+    @staticmethod
+    def compress(data: bytes) -> bytes:
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+if getattr(mcap.writer, "zstandard", None) is zstandard:
+    mcap.writer.zstandard = _ZstdAtRosbag2Level
 
 
 @dataclass
@@ -77,7 +95,8 @@ class McapStorage:
         metadata = {"offered_qos_profiles": qos_text(topic.qos, self.distro)}
         if self.distro.type_hashes:
             metadata["topic_type_hash"] = topic.digest
-        self._channels[topic.id] = self._writer.register_channel(topic.name, topic.serialization_format, schema, metadata)
+        self._channels[topic.id] = self._writer.register_channel(topic.name, topic.serialization_format, schema,
+                                                                 metadata)
 
     def write(self, topic_id: int, log_time: int, data) -> None:
         self._writer.add_message(self._channels[topic_id], log_time, bytes(data), log_time)

@@ -57,7 +57,8 @@ def _output_topic(number: int, connection, reader: InputBag, store) -> OutputTop
                 digest = ""
         return OutputTopic(number, connection.topic, connection.msgtype, fmt, qos, encoding, definition.data, digest)
     if connection.msgtype in store.fielddefs:
-        return OutputTopic(number, connection.topic, connection.msgtype, fmt, qos, *_definition(store, connection.msgtype))
+        return OutputTopic(number, connection.topic, connection.msgtype, fmt, qos,
+                           *_definition(store, connection.msgtype))
     return OutputTopic(number, connection.topic, connection.msgtype, fmt, qos, "", "", connection.digest or "")
 
 
@@ -250,7 +251,8 @@ class OutputBag:
                                              instance_msgs)
         self._store(storage, outputs["segmentation"], entry.log_time, messages.serialize(segmentation))
         labels = label_image(instances, ids, height, width, boxes)
-        self._store(storage, outputs["label_image"], entry.log_time, messages.serialize(messages.image(labels, "mono16", header)))
+        label_msg = messages.image(labels, "mono16", header)  # lossless; compression makes it small
+        self._store(storage, outputs["label_image"], entry.log_time, messages.serialize(label_msg))
         self.added += 2
         if "overlay" in outputs:
             rgb = entry.rgb
@@ -261,7 +263,8 @@ class OutputBag:
                     raise UserError(f"frame {entry.index} of {topic.name} no longer decodes ({entry.skipped}); "
                                     "the bag changed since the record was made")
             picture = draw_overlay(rgb, labels, instances, ids, boxes)
-            self._store(storage, outputs["overlay"], entry.log_time, messages.serialize(messages.image(picture, "rgb8", header)))
+            overlay_msg = messages.image(picture, "rgb8", header)
+            self._store(storage, outputs["overlay"], entry.log_time, messages.serialize(overlay_msg))
             self.added += 1
 
     def coco(self) -> dict:
