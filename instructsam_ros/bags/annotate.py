@@ -1,5 +1,6 @@
 """Offline annotation of recorded camera topics: a rosbag2 (sqlite3 or MCAP) or .mcap/.db3 in, a
-new bag with every frame segmented out, without ROS (rosbags reads and writes the bags).
+new bag with every frame segmented out, without ROS (rosbags reads the bag, storage.py writes
+the output as the input's ROS 2 distribution writes bags).
 
 One streaming pass over the input, in log-time order (batching.py):
   * every message is queued for the output as it is read (reading.py); a chosen frame (image
@@ -13,8 +14,10 @@ One streaming pass over the input, in log-time order (batching.py):
     `<topic>/segmentation`, `<topic>/label_image` (and `<topic>/overlay`) with the frame's
     header and log time. The thread's copying and writing overlap the model, so the pass is
     bounded by the model.
-The bag and `coco.json` are written inside `<out>.partial/` and renamed to `<out>` last: an
-output that exists is complete.
+Before the pass the bag's indexes are checked against its files (source.py); after it, every
+message the files index must have gone to the output, and some frame must have been annotated,
+or the run stops (exit 2) and nothing is written. The bag and `coco.json` are written inside
+`<out>.partial/` and renamed to `<out>` last: an output that exists is complete.
 
 Killed and run again with the same arguments, the pass reads the finished batches' results
 from frames.jsonl instead of running the model and rewrites the output from the start. The

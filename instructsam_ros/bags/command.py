@@ -24,7 +24,9 @@ def register(subparsers) -> None:
                     "(instructsam_ros/msg/InstanceSegmentation), <topic>/label_image (mono16) and optionally "
                     "<topic>/overlay, at the frames' log times with their headers; OUT/coco.json holds every "
                     "instance. Every message of the input's files is copied (a bag whose index lists messages its "
-                    "files lack is refused). Killed runs resume from OUT.partial/ when the same command is run again.",
+                    "files lack is refused; so is a run that annotates no frame, with the reason). OUT is written "
+                    "as the input's ROS 2 distribution writes bags (--ros-distro). Killed runs resume from "
+                    "OUT.partial/ when the same command is run again.",
     )
     parser.add_argument("--bag", required=True, type=Path, help="rosbag2 directory, or a .mcap or .db3 file")
     parser.add_argument("--topics", required=True, nargs="+", metavar="TOPIC",

@@ -201,8 +201,9 @@ class Sqlite3Storage:
     def abort(self) -> None:
         try:
             self._db.rollback()
-        finally:
-            self._db.close()
+        except sqlite3.Error:  # closed already, or the commit was what failed
+            pass
+        self._db.close()
 
 
 def open_storage(directory: Path, storage: str, distro: Distro, compression: str, mode: str | None):
