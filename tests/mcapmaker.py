@@ -145,7 +145,7 @@ def messages_of(paths: list[Path]) -> list[tuple[str, int, bytes]]:
 
 
 def recorder_metadata(bag: Path, files: list[str], counts: dict[str, int], profiles: dict[str, list[dict]],
-                      version: int = 9) -> None:
+                      version: int = 9, hashes: dict[str, str] | None = None) -> None:
     """metadata.yaml as Jazzy's recorder writes it (version 9: QoS as a list), or Humble's
     (version 5: QoS as one string with the policies as integers, no hashes, no custom_data)."""
     numbers = {"keep_last": 1, "reliable": 1, "volatile": 2, "transient_local": 1, "automatic": 1}
@@ -161,7 +161,7 @@ def recorder_metadata(bag: Path, files: list[str], counts: dict[str, int], profi
         listed = profiles.get(topic, [])
         if version >= 9:
             meta["offered_qos_profiles"] = listed
-            meta["type_description_hash"] = ""
+            meta["type_description_hash"] = (hashes or {}).get(topic, "")
         else:
             ints = [{k: numbers.get(v, v) if isinstance(v, str) else v for k, v in p.items()} for p in listed]
             meta["offered_qos_profiles"] = yaml.safe_dump(ints, sort_keys=False).strip() if ints else ""

@@ -81,6 +81,19 @@ def test_an_mcap_ros2_file_beside_a_recorders_metadata_loses_nothing(tmp_path, t
     assert {t: listed_qos(out)[t] for t in COUNTS} == {t: RECORDED_QOS[t] for t in COUNTS}
 
 
+def test_metadata_yaml_type_hashes_carry_over(tmp_path, tiny_model_dir):
+    """The file's channels carry no hash (mcap-ros2-support); the recorder's YAML does."""
+    bag, _ = recording(tmp_path)
+    listed = "RIHS01_" + "ab" * 32
+    recorder_metadata(bag, ["rec_0.mcap"], COUNTS, RECORDED_QOS, hashes={TF: listed})
+    out = tmp_path / "out"
+    assert annotate(bag, out, tiny_model_dir) == 0
+    info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    hashes = {t["topic_metadata"]["name"]: t["topic_metadata"]["type_description_hash"]
+              for t in info["topics_with_message_count"]}
+    assert hashes[TF] == listed and hashes[CAMERA].startswith("RIHS01_") and hashes[CAMERA] != listed
+
+
 def test_only_tf_qos_differing_keeps_every_tf_message(tmp_path, tiny_model_dir):
     bag, frames = recording(tmp_path)
     stored = dict(RECORDED_QOS, **{TF: [qos(10, reliability="best_effort")]})

@@ -103,6 +103,7 @@ class InputBag:
         storage = self._reader.storage
         self.listed: Counter | None = None  # messages per topic in metadata.yaml
         self.listed_qos: dict[str, list] = {}  # offered QoS per topic in metadata.yaml (what play offers)
+        self.listed_hashes: dict[tuple[str, str], str] = {}  # (topic, type) -> metadata.yaml's type hash
         self.custom_data = None
         if isinstance(storage, DirectoryReader):
             self.storages = list(storage.storages)
@@ -111,6 +112,8 @@ class InputBag:
             for connection in storage.connections:
                 self.listed[connection.topic] += connection.msgcount
                 self.listed_qos.setdefault(connection.topic, list(connection.ext.offered_qos_profiles))
+                if connection.digest:
+                    self.listed_hashes.setdefault((connection.topic, connection.msgtype), connection.digest)
             self.ros_distro, self.custom_data = storage.metadata.ros_distro, storage.metadata.custom
             document = yaml.safe_load((self.path / "metadata.yaml").read_text(encoding="utf-8"))
             self.version = int(document["rosbag2_bagfile_information"]["version"])

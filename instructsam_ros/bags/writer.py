@@ -49,7 +49,7 @@ def _output_topic(number: int, connection, reader: InputBag, store) -> OutputTop
     definition = connection.msgdef
     if definition.format != MessageDefinitionFormat.NONE and definition.data:
         encoding = "ros2msg" if definition.format == MessageDefinitionFormat.MSG else "ros2idl"
-        digest = connection.digest
+        digest = connection.digest or reader.listed_hashes.get((connection.topic, connection.msgtype), "")
         if not digest:
             try:
                 digest = reader.typestore.hash_rihs01(connection.msgtype)
