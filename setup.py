@@ -26,10 +26,12 @@ CORE_REQUIREMENTS = [
 
 EXTRAS = {
     "train": ["peft==0.21.2", "accelerate==1.15.0"],
-    # rosbags reads and writes bags for `instructsam annotate-bag` (no ROS needed); 0.11 has the
-    # typestore API and rosbag2 version 9 writing it uses.
-    "ros": ["rosbags>=0.11,<0.12", "rosbags-image>=0.10"],
-    "test": ["pytest>=8"],
+    # `instructsam annotate-bag` (no ROS needed): rosbags reads bags (0.11 has the typestore API
+    # it uses); the official MCAP writer writes the output with chunk compression (zstandard,
+    # also rosbag2's compression of sqlite3 bags, and lz4 come with it).
+    "ros": ["rosbags>=0.11,<0.12", "rosbags-image>=0.10", "mcap>=1.6,<2", "zstandard>=0.22"],
+    # mcap-ros2-support: a second bag writer for the annotate-bag tests (not rosbags).
+    "test": ["pytest>=8", "mcap-ros2-support>=0.6,<0.7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

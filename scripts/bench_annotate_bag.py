@@ -7,13 +7,19 @@ Writes a bag of synthetic shape scenes (rosbags), then in one process, alternati
   2. `Predictor.predict_batch` in annotate-bag's batch size: the model alone;
   3. `annotate_bag` on the bag with the same predictor (loaded and warmed up once);
   4. `annotate_bag` with the model's results of 2. replayed instead of computed: the I/O alone.
-Then optionally `instructsam predict` as a command on a few frames (one process per image).
+Then optionally `instructsam predict` as a command on a few frames (one process per image),
+and the sizes: the input, the output (its storage file and all), and per output topic its
+messages' bytes raw and each zstd-compressed alone (what chunk compression makes of them).
+`--noise` adds camera-like sensor noise to the synthetic frames, whose flat colours compress
+far better than a camera's. Runs against an older tree too (PYTHONPATH=<tree>): the options
+it does not know are left out.
 The I/O share is annotate-bag's time outside the model (bag reading, decoding, RLE encoding,
 the resumable record, writing the output bag and JSON) over its total; it is also given as
 annotate-bag's total against the model alone on the same batches (2.), which counts any
 slowdown the I/O causes the model.
 
   OMP_NUM_THREADS=1 python scripts/bench_annotate_bag.py --model default --frames 200 --size 640x480
+      [--compressed] [--noise 3] [--compression zstd|lz4|none] [--storage sqlite3 --compression-mode file]
 """
 from __future__ import annotations
 
@@ -40,12 +46,36 @@ def hardware() -> str:
     return f"{machine()}, {torch.get_num_threads()} threads"
 
 
-def make_frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
+def make_frames(count: int, height: int, width: int, seed: int, noise: float) -> list[np.ndarray]:
     from instructsam_core import synth
 
     rng = np.random.default_rng(seed)
-    return [cv2.resize(synth.make_scene(rng).image, (width, height), interpolation=cv2.INTER_NEAREST)
-            for _ in range(count)]
+    frames = [cv2.resize(synth.make_scene(rng).image, (width, height), interpolation=cv2.INTER_NEAREST)
+              for _ in range(count)]
+    if noise > 0:
+        frames = [np.clip(f + rng.normal(0.0, noise, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    return frames
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def topic_bytes(bag: Path) -> dict[str, tuple[int, int]]:
+    """Per topic: (raw message bytes, bytes when each message is zstd-compressed alone)."""
+    import zstandard
+    from rosbags.highlevel import AnyReader
+
+    from instructsam_ros.bags.types import build_typestore
+
+    compressor = zstandard.ZstdCompressor(level=3)
+    sizes: dict[str, list[int]] = {}
+    with AnyReader([bag], default_typestore=build_typestore()) as reader:
+        for connection, _, raw in reader.messages():
+            entry = sizes.setdefault(connection.topic, [0, 0])
+            entry[0] += len(raw)
+            entry[1] += len(compressor.compress(bytes(raw)))
+    return {topic: (raw, packed) for topic, (raw, packed) in sizes.items()}
 
 
 def write_bag(path: Path, storage: str, frames: list[np.ndarray], compressed: bool) -> str:
@@ -103,6 +133,11 @@ def main() -> int:
     parser.add_argument("--io-threads", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="each measurement, alternating; medians reported")
     parser.add_argument("--cli-frames", type=int, default=2, help="frames for the `instructsam predict` command")
+    parser.add_argument("--io-only", action="store_true",
+                        help="time only annotate-bag with the results replayed (the I/O alone): for comparing trees")
+    parser.add_argument("--noise", type=float, default=0.0, help="sensor noise (sigma, 8-bit levels) on the frames")
+    parser.add_argument("--compression", default=None, help="annotate-bag's --compression (trees that have it)")
+    parser.add_argument("--compression-mode", default=None, help="annotate-bag's --compression-mode")
     args = parser.parse_args()
 
     from instructsam_core.predictor import Predictor
@@ -112,7 +147,7 @@ def main() -> int:
     width, height = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench_annotate_bag_"))
     try:
-        frames = make_frames(args.frames, height, width, seed=0)
+        frames = make_frames(args.frames, height, width, seed=0, noise=args.noise)
         bag = work / "in"
         topic = write_bag(bag, args.storage, frames, args.compressed)
         if args.compressed:  # predict sees what annotate-bag decodes
@@ -128,26 +163,32 @@ def main() -> int:
 
         times: dict[str, list[float]] = {"predict": [], "batch": [], "annotate": [], "inside": [], "replay": []}
         summary = None
+        results = []
         for repeat in range(args.repeats):
-            start = time.perf_counter()
-            for rgb in frames:
-                predictor.predict(rgb, args.instruction)
-            times["predict"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            results = []
-            for i in range(0, len(frames), args.batch_size):
-                chunk = frames[i:i + args.batch_size]
-                results.extend(predictor.predict_batch(chunk, [args.instruction] * len(chunk)))
-            times["batch"].append(time.perf_counter() - start)
+            if not (args.io_only and results):
+                start = time.perf_counter()
+                for rgb in frames:
+                    predictor.predict(rgb, args.instruction)
+                times["predict"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                results = []
+                for i in range(0, len(frames), args.batch_size):
+                    chunk = frames[i:i + args.batch_size]
+                    results.extend(predictor.predict_batch(chunk, [args.instruction] * len(chunk)))
+                times["batch"].append(time.perf_counter() - start)
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
+            extra = {name: value for name, value in (("compression", args.compression),
+                                                     ("compression_mode", args.compression_mode)) if value}
             options = AnnotateOptions(bag=bag, out=out, topics=[topic], instruction=args.instruction,
                                       model=args.model, device=args.device, batch_size=args.batch_size,
-                                      overlay=args.overlay, progress=False, threads=threads)
-            summary = annotate_bag(options, lambda: predictor, log=lambda _: None)
-            times["annotate"].append(summary.seconds["total"] - summary.seconds["load"])
-            times["inside"].append(summary.seconds["model"])
-            shutil.rmtree(out)
+                                      overlay=args.overlay, progress=False, threads=threads, **extra)
+            if not args.io_only or repeat == 0:
+                summary = annotate_bag(options, lambda: predictor, log=lambda _: None)
+                times["annotate"].append(summary.seconds["total"] - summary.seconds["load"])
+                times["inside"].append(summary.seconds["model"])
+                sizes = (directory_bytes(bag), directory_bytes(out), topic_bytes(out))
+                shutil.rmtree(out)
             replayed = annotate_bag(options, lambda: Replay(results), log=lambda _: None)
             times["replay"].append(replayed.seconds["total"])
 
@@ -170,7 +211,8 @@ def main() -> int:
               f"(loaded in {load:.1f} s); instruction {args.instruction!r}; batch size {args.batch_size}; "
               f"overlay {'on' if args.overlay else 'off'}; io threads {args.io_threads} "
               f"({'on' if options.use_threads else 'off'}); medians of {args.repeats}")
-        print(f"instances written per run: {sum(summary.phrases.values())}")
+        print(f"instances written per run: {sum(summary.phrases.values())}; noise {args.noise}; output compression "
+              f"{args.compression or 'default'}{' ' + args.compression_mode if args.compression_mode else ''}")
         print("| what | frames/s | ms/frame |")
         print("|---|---|---|")
         rows = [("Predictor.predict, one call per frame (`instructsam predict`'s call)", median["predict"]),
@@ -188,6 +230,13 @@ def main() -> int:
         extra = median["annotate"] - median["batch"]
         print(f"annotate-bag against the model alone on the same batches: +{1e3 * extra / n:.2f} ms/frame = "
               f"{100 * extra / median['annotate']:.1f} % of its total")
+        bag_size, out_size, per_topic = sizes
+        print(f"sizes: input bag {bag_size / 1e6:.2f} MB; output directory {out_size / 1e6:.2f} MB "
+              f"({out_size / bag_size:.1f}x the input)")
+        print("| output topic | raw MB | each message zstd-compressed alone, MB |")
+        print("|---|---:|---:|")
+        for name, (raw, packed) in sorted(per_topic.items()):
+            print(f"| {name} | {raw / 1e6:.2f} | {packed / 1e6:.2f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

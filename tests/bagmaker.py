@@ -79,14 +79,15 @@ def write_bag(
     bad: dict[str, set[int]] | None = None,
     garbage: dict[str, set[int]] | None = None,
     chatter: bool = True,
+    version: int = 9,
 ) -> list[Recorded]:
     """A bag with `frames` images on each topic ("raw" or "compressed"), one second apart, plus
     a std_msgs/String topic between them. Frames listed in `bad` are written as nv12 (unsupported),
-    those in `garbage` as bytes that are no CDR message at all."""
+    those in `garbage` as bytes that are no CDR message at all. `version`: rosbags writes 8 or 9."""
     height, width = size
     bad, garbage = bad or {}, garbage or {}
     recorded: list[Recorded] = []
-    with Writer(path, version=9, storage_plugin=PLUGINS[storage]) as writer:
+    with Writer(path, version=version, storage_plugin=PLUGINS[storage]) as writer:
         connections = {}
         for name, kind in topics.items():
             msgtype = "sensor_msgs/msg/Image" if kind == "raw" else "sensor_msgs/msg/CompressedImage"
@@ -118,9 +119,16 @@ def write_bag(
     return recorded
 
 
+def _any_reader(path: Path) -> AnyReader:
+    """rosbags' reader; our types for bags without stored definitions (Humble's sqlite3)."""
+    from instructsam_ros.bags.types import build_typestore
+
+    return AnyReader([path], default_typestore=build_typestore())
+
+
 def read_bag(path: Path) -> tuple[dict[str, str], list[tuple[str, int, bytes]]]:
     """(topic -> type, [(topic, log time, raw bytes)] in log-time order) of any bag."""
-    with AnyReader([path]) as reader:
+    with _any_reader(path) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         messages = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
     return types, messages
@@ -128,7 +136,7 @@ def read_bag(path: Path) -> tuple[dict[str, str], list[tuple[str, int, bytes]]]:
 
 def deserialize(path: Path, topic: str) -> list[tuple[int, object]]:
     """(log time, message) of one topic, deserialised with the definitions stored in the bag."""
-    with AnyReader([path]) as reader:
+    with _any_reader(path) as reader:
         connections = [c for c in reader.connections if c.topic == topic]
         return [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages(connections=connections)]
 

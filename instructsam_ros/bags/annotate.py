@@ -1,5 +1,6 @@
 """Offline annotation of recorded camera topics: a rosbag2 (sqlite3 or MCAP) or .mcap/.db3 in, a
-new bag with every frame segmented out, without ROS (rosbags reads and writes the bags).
+new bag with every frame segmented out, without ROS (rosbags reads the bag, storage.py writes
+the output as the input's ROS 2 distribution writes bags).
 
 One streaming pass over the input, in log-time order (batching.py):
   * every message is queued for the output as it is read (reading.py); a chosen frame (image
@@ -13,8 +14,10 @@ One streaming pass over the input, in log-time order (batching.py):
     `<topic>/segmentation`, `<topic>/label_image` (and `<topic>/overlay`) with the frame's
     header and log time. The thread's copying and writing overlap the model, so the pass is
     bounded by the model.
-The bag and `coco.json` are written inside `<out>.partial/` and renamed to `<out>` last: an
-output that exists is complete.
+Before the pass the bag's indexes are checked against its files (source.py); after it, every
+message the files index must have gone to the output, and some frame must have been annotated,
+or the run stops (exit 2) and nothing is written. The bag and `coco.json` are written inside
+`<out>.partial/` and renamed to `<out>` last: an output that exists is complete.
 
 Killed and run again with the same arguments, the pass reads the finished batches' results
 from frames.jsonl instead of running the model and rewrites the output from the start. The
@@ -36,9 +39,10 @@ from typing import Any
 from instructsam_core.errors import UserError
 from instructsam_ros.bags.batching import AnnotationPass
 from instructsam_ros.bags.journal import RunState, fingerprint, write_atomic
-from instructsam_ros.bags.options import AnnotateOptions, check_options, check_output
+from instructsam_ros.bags.options import AnnotateOptions, check_options, check_output, output_compression
 from instructsam_ros.bags.reading import count_frames, open_bag, resolve_topics, storage_of, time_window
-from instructsam_ros.bags.summary import COCO_NAME, Summary
+from instructsam_ros.bags.rosbag2_format import DISTROS, distro_for
+from instructsam_ros.bags.summary import COCO_NAME, Summary, nothing_annotated
 from instructsam_ros.bags.types import BagMessages, build_typestore
 from instructsam_ros.bags.writer import OutputBag
 
@@ -60,8 +64,12 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
     summary.seconds.update(count=0.0, load=0.0, decode=0.0, model=0.0, record=0.0, finish=0.0)
     state = RunState(options.out)
     output = None
-    finished = False
+    finished = discard = False
     try:
+        compression = output_compression(options, storage)
+        reader.check_index()  # a bag whose files lack messages its metadata lists: refused before any work
+        distro = DISTROS[options.ros_distro] if options.ros_distro else distro_for(reader.version, reader.ros_distro)
+        summary.distro, summary.compression = distro, compression
         topics = resolve_topics(reader, options.bag, options.topics)
         window = time_window(reader, options.start, options.end)
         start = time.perf_counter()
@@ -77,14 +85,19 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
         staging = state.dir / "output" / options.out.name
         shutil.rmtree(staging.parent, ignore_errors=True)  # a bag an interrupted run was writing
         staging.parent.mkdir(parents=True)
-        output = OutputBag(staging, storage, reader, topics, messages, options, options.use_threads)
+        output = OutputBag(staging, storage, reader, topics, messages, options, options.use_threads, distro, compression)
         bar = tqdm(total=summary.frames, initial=summary.resumed, unit="frame", desc="annotating",
                    disable=not options.progress, mininterval=1.0)
         AnnotationPass(reader, options, topics, window, state, output, load_predictor, summary, bar).run()
         bar.close()
+        discard = True  # a bag that lost messages, or gave no frame, leaves nothing worth resuming
+        _check_copied(reader.counts(), output.handed, options.bag)
+        if not summary.annotated:
+            raise UserError(nothing_annotated(summary, options.bag))
+        discard = False
         start = time.perf_counter()
         output.finish()
-        summary.messages_copied, summary.messages_added = output.copied, output.added
+        summary.messages_copied, summary.messages_added, summary.size = output.copied, output.added, output.size
         write_atomic(staging / COCO_NAME, json.dumps(output.coco(), separators=(",", ":")) + "\n")
         output = None
         if options.out.exists():  # --overwrite, checked above
@@ -97,11 +110,19 @@ def annotate_bag(options: AnnotateOptions, load_predictor: Callable[[], Any], lo
         if output is not None:
             output.abort()
         reader.close()
-        if finished or (state.owned and not state.holds_results()):
+        if finished or (state.owned and (discard or not state.holds_results())):
             state.remove()  # done, or failed before any result worth resuming from
         state.close()
     summary.seconds["total"] = time.perf_counter() - wall
     return summary
+
+
+def _check_copied(listed, copied, bag: Path) -> None:
+    """Every message the bag's files index goes to the output, or nothing is written."""
+    for topic in sorted(set(listed) | set(copied)):
+        if copied[topic] != listed[topic]:
+            raise UserError(f"read {copied[topic]} of the {listed[topic]} messages that the index of {bag} lists on "
+                            f"{topic}; the bag is damaged, nothing was written")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -23,7 +23,10 @@ def register(subparsers) -> None:
                     "rosbag2 directory OUT with all original messages plus, per image topic, <topic>/segmentation "
                     "(instructsam_ros/msg/InstanceSegmentation), <topic>/label_image (mono16) and optionally "
                     "<topic>/overlay, at the frames' log times with their headers; OUT/coco.json holds every "
-                    "instance. Killed runs resume from OUT.partial/ when the same command is run again.",
+                    "instance. Every message of the input's files is copied (a bag whose index lists messages its "
+                    "files lack is refused; so is a run that annotates no frame, with the reason). OUT is written "
+                    "as the input's ROS 2 distribution writes bags (--ros-distro). Killed runs resume from "
+                    "OUT.partial/ when the same command is run again.",
     )
     parser.add_argument("--bag", required=True, type=Path, help="rosbag2 directory, or a .mcap or .db3 file")
     parser.add_argument("--topics", required=True, nargs="+", metavar="TOPIC",
@@ -47,6 +50,17 @@ def register(subparsers) -> None:
     parser.add_argument("--overlay", action="store_true", help="also write <topic>/overlay (rgb8)")
     parser.add_argument("--storage", choices=["sqlite3", "mcap"], default=None,
                         help="output storage (default: the input's)")
+    parser.add_argument("--ros-distro", choices=["humble", "iron", "jazzy", "kilted"], default=None,
+                        help="write the output as this distribution's rosbag2 does (metadata version 5, 7, 9, 9; "
+                             "QoS as one string up to Iron, as a list from Jazzy), so its `ros2 bag` reads it "
+                             "(default: the input's distribution, or the oldest that writes the input's metadata "
+                             "version; Humble's for a bare file that names none)")
+    parser.add_argument("--compression", choices=["none", "zstd", "lz4"], default=None,
+                        help="MCAP: compression of its chunks (default zstd); sqlite3: zstd as rosbag2 compresses "
+                             "(default none; lz4 is MCAP only)")
+    parser.add_argument("--compression-mode", choices=["file", "message"], default=None,
+                        help="sqlite3 with --compression zstd: the whole file (default, <name>.db3.zstd) or each "
+                             "message, as `ros2 bag record --compression-mode` does")
     parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="frames with more pixels are skipped")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT, and discard a partial run of other settings")
@@ -74,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         phrases=args.phrases, model=args.model, device=args.device, dtype=args.dtype, threshold=args.threshold,
         max_instances=args.max_instances, inference_layout=args.inference_layout, start=args.start, end=args.end,
         every=args.every, batch_size=args.batch_size, overlay=args.overlay, storage=args.storage,
+        ros_distro=args.ros_distro, compression=args.compression, compression_mode=args.compression_mode,
         overwrite=args.overwrite, max_pixels=args.max_pixels, progress=not args.no_progress,
         threads={"auto": None, "on": True, "off": False}[args.io_threads],
     )

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructsam_core.errors import UserError
+from instructsam_ros.bags.rosbag2_format import DISTROS
 
 STORAGE_NAMES = ("sqlite3", "mcap")  # what the output bag can be stored as
+COMPRESSIONS = ("none", "zstd", "lz4")  # MCAP chunk compression; sqlite3: rosbag2's zstd only
+COMPRESSION_MODES = ("file", "message")  # rosbag2's compression of a sqlite3 bag
 DEFAULT_MAX_PIXELS = 4096 * 4096  # the node's max_input_pixels default
 
 
@@ -34,6 +37,9 @@ class AnnotateOptions:
     batch_size: int = 4
     overlay: bool = False
     storage: str | None = None
+    ros_distro: str | None = None  # None: the input's (rosbag2_format.distro_for)
+    compression: str | None = None  # None: zstd for MCAP, none for sqlite3
+    compression_mode: str | None = None  # sqlite3 with zstd: "file" (default) or "message"
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
@@ -89,8 +95,28 @@ def check_options(options: AnnotateOptions) -> None:
     device = options.device
     if not (device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if options.storage is not None and options.storage not in STORAGE_NAMES:
-        raise UserError(f"--storage must be one of {', '.join(STORAGE_NAMES)}, got {options.storage!r}")
+    for flag, value, names in (("--storage", options.storage, STORAGE_NAMES), ("--ros-distro", options.ros_distro,
+                               tuple(DISTROS)), ("--compression", options.compression, COMPRESSIONS),
+                               ("--compression-mode", options.compression_mode, COMPRESSION_MODES)):
+        if value is not None and value not in names:
+            raise UserError(f"{flag} must be one of {', '.join(names)}, got {value!r}")
+
+
+def output_compression(options: AnnotateOptions, storage: str) -> tuple[str, str | None]:
+    """(compression, sqlite3 compression mode) of the output: MCAP compresses its chunks (zstd
+    unless told), sqlite3 only when asked, as rosbag2 does (zstd, whole file or each message)."""
+    compression = options.compression or ("zstd" if storage == "mcap" else "none")
+    if storage == "mcap":
+        if options.compression_mode is not None:
+            raise UserError("--compression-mode is for sqlite3 output; MCAP compresses its chunks (--compression)")
+        return compression, None
+    if compression == "lz4":
+        raise UserError("rosbag2 compresses sqlite3 bags with zstd only; use --compression zstd or --storage mcap")
+    if compression == "none":
+        if options.compression_mode is not None:
+            raise UserError("--compression-mode needs --compression zstd")
+        return "none", None
+    return "zstd", options.compression_mode or "file"
 
 
 

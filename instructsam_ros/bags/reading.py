@@ -1,6 +1,6 @@
-"""Reading the input bag through rosbags: opening it (one-line errors for what cannot be read),
-the chosen image topics, the time window, the messages in log-time order (optionally read ahead
-by a thread), the frame count, and one frame decoded to RGB."""
+"""Reading the input bag (source.py): opening it (one-line errors for what cannot be read), the
+chosen image topics, the time window, the messages in log-time order (optionally read ahead by a
+thread), the frame count, and one frame decoded to RGB."""
 from __future__ import annotations
 
 import queue
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader, AnyReaderError
+import zstandard
 from rosbags.rosbag2 import ReaderError
 from rosbags.serde import SerdeError
 from rosbags.typesys import TypesysError
 
 from instructsam_core.errors import UserError
 from instructsam_ros.bags.frames import Entry
+from instructsam_ros.bags.source import InputBag
 from instructsam_ros.bags.types import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE
 from instructsam_ros.messages.images import BadImageError, compressed_msg_to_rgb, image_msg_to_rgb
 
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - apsw comes with rosbags
     _APSW_ERRORS = ()
 
 # What reading a damaged bag can raise, inside rosbags, its storage libraries or the OS.
-BAG_READ_ERRORS = (AnyReaderError, ReaderError, TypesysError, SerdeError, OSError, sqlite3.Error, *_APSW_ERRORS)
+BAG_READ_ERRORS = (ReaderError, TypesysError, SerdeError, zstandard.ZstdError, OSError, sqlite3.Error, *_APSW_ERRORS)
 # What deserialising one corrupt message can raise (it is skipped and counted, not fatal).
 MESSAGE_ERRORS = (*BAG_READ_ERRORS, ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError, AssertionError)
 
@@ -71,8 +72,8 @@ def bag_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file())
 
 
-def open_bag(path: Path, store) -> AnyReader:
-    """An open AnyReader, or a one-line error for a path that is not a readable rosbag2."""
+def open_bag(path: Path, store) -> InputBag:
+    """The open bag, or a one-line error for a path that is not a readable rosbag2."""
     if not path.exists():
         raise UserError(f"bag {path} does not exist")
     if path.is_file():
@@ -84,11 +85,9 @@ def open_bag(path: Path, store) -> AnyReader:
         raise UserError(f"{path} is not a rosbag2 directory (no metadata.yaml); give the recording's "
                         "directory or one of its .mcap/.db3 files")
     try:
-        reader = AnyReader([path], default_typestore=store)
-        reader.open()
-    except BAG_READ_ERRORS as error:
+        return InputBag(path, store)
+    except (*BAG_READ_ERRORS, KeyError, ValueError, TypeError) as error:
         raise read_error(path, error) from None
-    return reader
 
 
 def storage_of(path: Path) -> str:
@@ -96,13 +95,13 @@ def storage_of(path: Path) -> str:
     return "mcap" if any(".mcap" in f.name for f in bag_files(path)) else "sqlite3"
 
 
-def describe_image_topics(reader: AnyReader) -> str:
+def describe_image_topics(reader: InputBag) -> str:
     found = [f"{name} ({info.msgtype}, {info.msgcount} messages)" for name, info in sorted(reader.topics.items())
              if info.msgtype in IMAGE_TYPES]
     return ", ".join(found) if found else "(none)"
 
 
-def resolve_topics(reader: AnyReader, path: Path, names: list[str]) -> list[ImageTopic]:
+def resolve_topics(reader: InputBag, path: Path, names: list[str]) -> list[ImageTopic]:
     """The requested topics as ImageTopics; unknown or non-image topics list what the bag has."""
     topics = reader.topics
     chosen = []
@@ -122,7 +121,7 @@ def resolve_topics(reader: AnyReader, path: Path, names: list[str]) -> list[Imag
     return chosen
 
 
-def time_window(reader: AnyReader, start: float | None, end: float | None) -> tuple[int, int]:
+def time_window(reader: InputBag, start: float | None, end: float | None) -> tuple[int, int]:
     """[first, last) log times in ns for --start/--end, given in seconds from the bag's start."""
     origin = reader.start_time
     first = origin + int(round(start * 1e9)) if start is not None else origin
@@ -130,7 +129,7 @@ def time_window(reader: AnyReader, start: float | None, end: float | None) -> tu
     return first, last
 
 
-def bag_messages(reader: AnyReader, path: Path, **kwargs) -> Iterator[tuple[Any, int, bytes]]:
+def bag_messages(reader: InputBag, path: Path, **kwargs) -> Iterator[tuple[Any, int, bytes]]:
     """reader.messages with read errors turned into one-line errors."""
     try:
         yield from reader.messages(**kwargs)
@@ -178,7 +177,7 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
         thread.join()
 
 
-def count_frames(reader: AnyReader, path: Path, topics: list[ImageTopic], window: tuple[int, int], every: int,
+def count_frames(reader: InputBag, path: Path, topics: list[ImageTopic], window: tuple[int, int], every: int,
                  whole_bag: bool) -> int:
     """How many frames will be annotated: from the bag's index for the whole bag, by reading
     the chosen range otherwise (the progress bar's total)."""
@@ -193,7 +192,7 @@ def count_frames(reader: AnyReader, path: Path, topics: list[ImageTopic], window
 
 
 
-def decode_frame(reader: AnyReader, topic: ImageTopic, entry: Entry, max_pixels: int) -> None:
+def decode_frame(reader: InputBag, topic: ImageTopic, entry: Entry, max_pixels: int) -> None:
     """Deserialise and decode a frame; a bad one is marked skipped with a one-line reason."""
     try:
         msg = reader.deserialize(entry.raw, topic.msgtype)

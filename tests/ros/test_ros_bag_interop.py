@@ -1,12 +1,17 @@
-"""A bag written by `instructsam annotate-bag` (rosbags, no ROS) read with ROS 2's own tools:
-rclpy deserialises every new message into the colcon-generated classes, and the type hashes
-in the bag are the ones the ROS build computed for our messages."""
+"""A bag written by `instructsam annotate-bag` (no ROS) read with ROS 2's own tools: rclpy
+deserialises every new message into the colcon-generated classes, and the type hashes in the
+bag are the ones the ROS build computed, for our messages and the standard ones, in every
+distribution's format that lists them."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
+from mcap.reader import make_reader
 from pycocotools import mask as coco_mask
 from rclpy.serialization import deserialize_message
 from rosbags.highlevel import AnyReader
@@ -65,3 +70,32 @@ def test_rclpy_reads_every_new_message_and_the_hashes_match_the_ros_build(tmp_pa
         ids = image_msg_to_array(label)
         assert set(np.unique(ids)) <= {0} | {i.id for i in msg.instances}
     assert seen == len(annotations)
+
+
+def _built_hash(msgtype: str) -> str:
+    """The RIHS01 the ROS build of this environment lists for a type (share/<pkg>/msg/<T>.json)."""
+    package, _, name = msgtype.split("/")
+    if package == "instructsam_ros":
+        share = generated_install_dir() / "share"
+    else:
+        share = Path(sys.prefix) / "share"
+    return json.loads((share / package / "msg" / f"{name}.json").read_text())["type_hashes"][0]["hash_string"]
+
+
+@pytest.mark.parametrize("distro", ["iron", "jazzy", "kilted"])
+def test_every_listed_type_hash_is_the_ros_builds(tmp_path, tiny_model_dir, distro):
+    """metadata.yaml and the MCAP channels carry, for every topic, the hash ROS itself computes."""
+    bag = tmp_path / "in"
+    write_bag(bag, "mcap", {TOPIC: "raw"}, frames=2, size=(40, 56))
+    out = tmp_path / "out"
+    assert main(["annotate-bag", "--bag", str(bag), "--topics", TOPIC, "--instruction", "red circles", "--out", str(out),
+                 "--model", str(tiny_model_dir), "--no-progress", "--ros-distro", distro, "--overlay"]) == 0
+    info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    listed = {t["topic_metadata"]["name"]: t["topic_metadata"] for t in info["topics_with_message_count"]}
+    assert len(listed) == 5  # image, chatter, segmentation, label image, overlay
+    for meta in listed.values():
+        assert meta["type_description_hash"] == _built_hash(meta["type"]), meta["name"]
+    with open(out / "out.mcap", "rb") as handle:
+        channels = make_reader(handle).get_summary().channels.values()
+        assert {c.topic: c.metadata["topic_type_hash"] for c in channels} == {
+            name: _built_hash(meta["type"]) for name, meta in listed.items()}
