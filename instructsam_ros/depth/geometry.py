@@ -237,10 +237,9 @@ def robust_location(x_n: np.ndarray, y_n: np.ndarray, z: np.ndarray, inlier_band
     """
     ordered_z = np.sort(z)
     if reference is None or reference.size == z.size:
-        reference, ordered_reference = z, ordered_z
+        reference, median_z = z, sorted_quantile(ordered_z, 50.0)
     else:
-        ordered_reference = np.sort(reference)
-    median_z = sorted_quantile(ordered_reference, 50.0)
+        median_z = partition_median(reference)
     deviation = np.abs(reference - np.float32(median_z))
     mad = partition_median(deviation)
     band = max(INLIER_SIGMAS * MAD_TO_SIGMA * mad, inlier_band)
