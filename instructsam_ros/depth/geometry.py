@@ -55,7 +55,7 @@ INLIER_SIGMAS = 3.0
 # more would leave under MIN_INTERIOR_SHARE of the mask (a thin object keeps a core).
 ERODE_PIXELS = 2
 MIN_INTERIOR_SHARE = 0.25
-_STEP = np.ones((3, 3), np.uint8)
+_SQUARES = {r: np.ones((2 * r + 1, 2 * r + 1), np.uint8) for r in range(1, ERODE_PIXELS + 1)}
 
 # Depth encodings a raw depth image may have, with the factor to metres.
 DEPTH_SCALES = {"16UC1": 0.001, "32FC1": 1.0}
@@ -216,15 +216,6 @@ def sorted_quantile(ordered: np.ndarray, q: float) -> float:
     return float(ordered[low]) + (float(ordered[high]) - float(ordered[low])) * (position - low)
 
 
-def partition_median(values: np.ndarray) -> float:
-    """The median (mean of the two middle values for an even count) by one partition."""
-    n = values.size
-    half = n // 2
-    parted = np.partition(values, half)
-    upper = float(parted[half])
-    return upper if n % 2 else (float(parted[:half].max()) + upper) / 2.0
-
-
 def robust_location(x_n: np.ndarray, y_n: np.ndarray, z: np.ndarray, inlier_band: float,
                     keep_points: bool = False, reference: np.ndarray | None = None) -> InstanceLocation:
     """Centre and box of valid readings with the outlier rule (module docstring).
@@ -239,9 +230,11 @@ def robust_location(x_n: np.ndarray, y_n: np.ndarray, z: np.ndarray, inlier_band
     if reference is None or reference.size == z.size:
         reference, median_z = z, sorted_quantile(ordered_z, 50.0)
     else:
-        median_z = partition_median(reference)
+        median_z = sorted_quantile(np.sort(reference), 50.0)
     deviation = np.abs(reference - np.float32(median_z))
-    mad = partition_median(deviation)
+    # A sort, not np.partition: depths repeat (millimetre steps, flat surfaces), and partition
+    # took 0.6 ms where sort took 0.1 ms on 10,000 mostly equal values.
+    mad = sorted_quantile(np.sort(deviation), 50.0)
     band = max(INLIER_SIGMAS * MAD_TO_SIGMA * mad, inlier_band)
     # Inliers lie in [median - band, median + band]: a contiguous run of the sorted depths.
     low_z, high_z = np.float32(median_z - band), np.float32(median_z + band)
@@ -299,17 +292,17 @@ class Backprojection:
 
 
 def mask_interior(inside: np.ndarray) -> np.ndarray:
-    """The mask (a window of it, bool) without its rim: eroded by up to ERODE_PIXELS pixels,
-    stopping before less than MIN_INTERIOR_SHARE of it would remain (thin masks keep a core,
-    the thinnest all of it). Outside the window counts as outside the mask."""
-    current = np.ascontiguousarray(inside, dtype=np.uint8)
-    keep = MIN_INTERIOR_SHARE * int(np.count_nonzero(current))
-    for _ in range(ERODE_PIXELS):
-        eroded = cv2.erode(current, _STEP, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        if np.count_nonzero(eroded) < keep:
-            break
-        current = eroded
-    return current.astype(bool)
+    """The mask (a window of it, bool) without its rim: eroded by ERODE_PIXELS pixels, or fewer
+    when that would leave less than MIN_INTERIOR_SHARE of it (thin masks keep a core, the
+    thinnest all of it). Outside the window counts as outside the mask. One erosion by a
+    (2r+1)-square is r erosions by a 3x3 one, in one call (few calls: the worker shares the GIL)."""
+    mask = np.ascontiguousarray(inside).view(np.uint8)
+    keep = MIN_INTERIOR_SHARE * int(np.count_nonzero(mask))
+    for pixels in range(ERODE_PIXELS, 0, -1):
+        eroded = cv2.erode(mask, _SQUARES[pixels], borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        if np.count_nonzero(eroded) >= keep:
+            return eroded.view(bool)
+    return inside
 
 
 def locate_instance(depth: np.ndarray, scale: float, grid: DepthGrid, rays: Backprojection, mask: np.ndarray,
