@@ -51,8 +51,8 @@ BOX_PERCENTILES = (1.0, 99.0)
 MAD_TO_SIGMA = 1.4826
 INLIER_SIGMAS = 3.0
 
-# The mask's interior: eroded by this many depth pixels (one 3x3 step each), fewer steps when
-# more would leave under MIN_INTERIOR_SHARE of the mask (a thin object keeps a core).
+# The mask's interior: the mask eroded by this many depth pixels, fewer when more would leave
+# under MIN_INTERIOR_SHARE of it (a thin object keeps a core).
 ERODE_PIXELS = 2
 MIN_INTERIOR_SHARE = 0.25
 _SQUARES = {r: np.ones((2 * r + 1, 2 * r + 1), np.uint8) for r in range(1, ERODE_PIXELS + 1)}
@@ -295,7 +295,7 @@ def mask_interior(inside: np.ndarray) -> np.ndarray:
     """The mask (a window of it, bool) without its rim: eroded by ERODE_PIXELS pixels, or fewer
     when that would leave less than MIN_INTERIOR_SHARE of it (thin masks keep a core, the
     thinnest all of it). Outside the window counts as outside the mask. One erosion by a
-    (2r+1)-square is r erosions by a 3x3 one, in one call (few calls: the worker shares the GIL)."""
+    (2r+1)-square is r erosions by a 3x3 one."""
     mask = np.ascontiguousarray(inside).view(np.uint8)
     keep = MIN_INTERIOR_SHARE * int(np.count_nonzero(mask))
     for pixels in range(ERODE_PIXELS, 0, -1):
