@@ -34,17 +34,17 @@ def _qos():
 
 
 def subscriber(seconds: float) -> int:
-    """Child side: print one JSON list of [frame_id, latency_ms] after `seconds`."""
+    """Child side: print one JSON list of [frame_id, latency_ms, stamp_ns] after `seconds`."""
     import rclpy
     from sensor_msgs.msg import Image
 
     rclpy.init()
     node = rclpy.create_node("bench_dds_frames_subscriber")
-    got: list[tuple[str, float]] = []
+    got: list[tuple[str, float, int]] = []
 
     def on_frame(msg: Image) -> None:
         sent = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        got.append((msg.header.frame_id, (time.time_ns() - sent) / 1e6))
+        got.append((msg.header.frame_id, (time.time_ns() - sent) / 1e6, sent))
 
     node.create_subscription(Image, "bench_frames", on_frame, _qos())
     end = time.monotonic() + seconds
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(1.0)
     shm = sum(v for k, v in _segments().items() if k not in before)
     sent: dict[str, int] = {}
+    first: dict[str, int] = {}  # stamp of each size's first frame
     for width, height in args.sizes:
         label = f"{width}x{height}"
         msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             now = time.time_ns()
             msg.header.stamp.sec, msg.header.stamp.nanosec = now // 10**9, now % 10**9
             publisher.publish(msg)
+            first.setdefault(label, now)
             sent[label] += 1
             next_at += 1.0 / args.rate
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -141,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     received = json.loads(output.strip().splitlines()[-1])
     print(f"profile {args.profile.name}; rgb8, best effort, depth {QOS_DEPTH}; {args.rate:g} Hz for {args.seconds:g} s per size; "
           f"/dev/shm held by the two processes' segments: {shm / 2**20:.0f} MiB")
-    print("| input | MiB per frame | delivered / sent | latency median (ms) | latency p95 (ms) |")
-    print("|---|---|---|---|---|")
+    print("| input | MiB per frame | delivered / sent | first frame of the size | latency median (ms) | latency p95 (ms) |")
+    print("|---|---|---|---|---|---|")
+    stamps = {stamp for _, _, stamp in received}
     for label, count in sent.items():
         width, height = (int(v) for v in label.split("x"))
-        latencies = sorted(ms for frame_id, ms in received if frame_id == label)
+        latencies = sorted(ms for frame_id, ms, _ in received if frame_id == label)
         median = f"{statistics.median(latencies):.1f}" if latencies else "-"
         p95 = f"{latencies[int(0.95 * (len(latencies) - 1))]:.1f}" if latencies else "-"
-        print(f"| {label} | {width * height * 3 / 2**20:.1f} | {len(latencies)} / {count} | {median} | {p95} |")
+        arrived = "arrived" if first.get(label) in stamps else "lost"
+        print(f"| {label} | {width * height * 3 / 2**20:.1f} | {len(latencies)} / {count} | {arrived} | {median} | {p95} |")
     return 0
 
 

@@ -17,6 +17,7 @@ from instructsam_ros.depth.geometry import (
     depth_intrinsics,
     intrinsics_from_k,
     locate_instances,
+    mask_interior,
     pack_points,
     same_aspect,
     sorted_quantile,
@@ -160,11 +161,12 @@ def test_invalid_readings_are_never_used():
     k = Intrinsics(100.0, 100.0, 1.5, 0.5, 4, 2)
     mask = np.ones((2, 4), bool)
     depth = np.array([[1.0, NAN, np.inf, -1.0], [0.0, 12.0, 1.0, 1.0]], np.float32)  # max_depth 10
-    location = locate_one(depth, 1.0, k, mask, DepthSettings(min_valid_pixels=1, max_depth=10.0))
+    any_share = DepthSettings(min_valid_pixels=1, max_depth=10.0, min_valid_fraction=0.0)  # 3 of 8 valid
+    location = locate_one(depth, 1.0, k, mask, any_share)
     assert (location.mask_pixels, location.valid_pixels) == (8, 3)
     assert location.center[2] == pytest.approx(1.0)
     millimetres = np.array([[1000, 0, 65535, 1000], [1000, 0, 0, 0]], np.uint16)
-    location = locate_one(millimetres, 0.001, k, mask, DepthSettings(min_valid_pixels=1, max_depth=10.0))
+    location = locate_one(millimetres, 0.001, k, mask, any_share)
     assert (location.mask_pixels, location.valid_pixels, location.center[2]) == (8, 3, pytest.approx(1.0))
 
 
@@ -174,10 +176,86 @@ def test_too_few_valid_pixels_report_counts_and_no_position():
     depth[2, 1:4] = 1500
     mask = np.zeros((5, 5), bool)
     mask[1:4, 1:4] = True
-    location = locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=4))
+    location = locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=4, min_valid_fraction=0.0))
     assert location.status == TOO_FEW_VALID and (location.mask_pixels, location.valid_pixels) == (9, 3)
     assert location.center is None and location.box_size is None and location.distance is None
-    assert locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=3)).status == OK
+    assert locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=3, min_valid_fraction=0.0)).status == OK
+    # 3 of 9 is a third of this mask (too thin to erode: its interior is all of it).
+    assert locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=3, min_valid_fraction=0.34)).status == TOO_FEW_VALID
+    assert locate_one(depth, 0.001, k, mask, DepthSettings(min_valid_pixels=3, min_valid_fraction=0.33)).status == OK
+
+
+# ----------------------------------------------------------------------------- whose readings
+def test_the_interior_is_the_mask_eroded_by_two_pixels_or_less_when_thin():
+    square = np.zeros((20, 20), bool)
+    square[2:18, 2:18] = True  # 16 x 16: two 3x3 erosions leave 12 x 12 (56 %)
+    expected = np.zeros_like(square)
+    expected[4:16, 4:16] = True
+    np.testing.assert_array_equal(mask_interior(square), expected)
+    bar = np.zeros((7, 30), bool)
+    bar[1:6, 0:30] = True  # 5 rows: two steps leave 1 row (under 25 %), one step 3 rows (of 28 columns)
+    expected = np.zeros_like(bar)
+    expected[2:5, 1:29] = True
+    np.testing.assert_array_equal(mask_interior(bar), expected)
+    line = np.zeros((3, 30), bool)
+    line[1, :] = True  # one pixel thin: nothing to erode
+    np.testing.assert_array_equal(mask_interior(line), line)
+
+
+UNSEEN_K = pinhole(640, 480, 40.0)
+# The issue's case: a 13 cm square at 0.65 m (IR-black: no readings of its own) before a wall at 2.5 m.
+UNSEEN = render([Plate(center=(0.0, 0.0, 0.65), size=(0.13, 0.13), color=(20, 20, 20))], UNSEEN_K, wall_depth=2.5)
+
+
+def _spilled(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """The mask grown by `pixels` on the right and below, as the model's masks sit (IoU ~0.8)."""
+    grown = mask.copy()
+    for step in range(1, pixels + 1):
+        grown[step:, :] |= mask[:-step, :]
+        grown[:, step:] |= mask[:, :-step]
+    return grown
+
+
+@pytest.mark.parametrize("spill", [1, 3, 6])
+def test_an_object_without_readings_never_takes_the_walls_depth(spill):
+    mask = _spilled(UNSEEN.masks[0], spill)
+    blind = UNSEEN.depth.copy()
+    blind[UNSEEN.masks[0]] = 0.0  # every reading on the object is missing; the wall's are there
+    location = locate_one(blind, 1.0, UNSEEN_K, mask)
+    spill_pixels = int((mask & ~UNSEEN.masks[0]).sum())
+    assert location.status == TOO_FEW_VALID and location.center is None
+    assert (location.mask_pixels, location.valid_pixels) == (int(mask.sum()), spill_pixels)
+    assert location.valid_pixels >= 20  # more than the absolute minimum: the share decides
+    # With its readings the same mask locates the square at its centre (the spill is wall).
+    seen = locate_one(UNSEEN.depth, 1.0, UNSEEN_K, mask)
+    assert seen.status == OK and seen.inlier_pixels == int(UNSEEN.masks[0].sum())
+    np.testing.assert_allclose(seen.center, (0.0, 0.0, 0.65), atol=0.002)
+
+
+def test_readings_only_on_the_rim_do_not_locate_the_object():
+    """A glossy plate with readings only along its edge, its mask 2 px wider on each side: the
+    rim is 55 % of the mask and valid, so a share of the whole mask would pass."""
+    k = Intrinsics(100.0, 100.0, 20.0, 4.0, 40, 10)
+    mask = np.zeros((10, 40), bool)
+    mask[1:9, 0:40] = True
+    depth = np.full((10, 40), 2.5, np.float32)  # the wall
+    depth[3:7, 2:38] = 0.0  # the plate's own pixels: no readings
+    location = locate_one(depth, 1.0, k, mask, DepthSettings(min_valid_pixels=1))
+    assert location.status == TOO_FEW_VALID and (location.mask_pixels, location.valid_pixels) == (320, 176)
+
+
+def test_a_thin_object_is_located_from_its_core_not_the_spill_around_it():
+    """A 4 px pole whose mask is 2 px wider on each side: half the mask is wall."""
+    k = Intrinsics(100.0, 100.0, 4.0, 20.0, 8, 40)
+    mask = np.ones((40, 8), bool)
+    depth = np.full((40, 8), 2.5, np.float32)
+    depth[:, 2:6] = 0.8
+    location = locate_one(depth, 1.0, k, mask, DepthSettings(min_valid_pixels=1))
+    assert location.status == OK and location.inlier_pixels == 160
+    assert location.center[2] == pytest.approx(0.8)
+    depth[:, 2:6] = 0.0  # the pole unseen: its core has no readings
+    location = locate_one(depth, 1.0, k, mask, DepthSettings(min_valid_pixels=1))
+    assert location.status == TOO_FEW_VALID and location.valid_pixels == 160
 
 
 def test_skew_enters_x():

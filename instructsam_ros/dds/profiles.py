@@ -1,10 +1,21 @@
 """The Fast DDS profiles shipped with the package, and the largest image each one carries.
 
-Between processes on one machine, Fast DDS moves messages through a shared-memory segment.
-A message larger than the transport's largest message is cut into fragments, and best-effort
-frames cut that way mostly never arrive: nothing is logged anywhere, the node simply sees no
+Between processes on one machine, Fast DDS moves messages through shared memory. It cuts a
+message into fragments at the smallest maxMessageSize of the participant's transports: with
+the UDPv4 transport both profiles carry for other hosts (65,500 bytes), 64 KiB fragments
+(`fragments_at_64k`). The shared-memory transport copies each fragment into the sender's
+segment and queues it in the receiver's port. A best-effort frame whose fragments do not fit
+the segment at once mostly never arrives: nothing is logged anywhere, the node simply sees no
 frames. The node therefore says at start-up which profile it runs with and how large an image
 that profile carries (`frame_limit_report`).
+
+The first large frame: a reader grows its sample buffer when a frame is larger than every
+frame before it, and zero-fills the new part (about 45 ms for a 4000x3000 rgb8 frame on our
+machine) in the thread that takes fragments off the port. The sender goes on meanwhile; a port
+queues 512 messages by default (31.9 MiB of fragments), the rest are dropped, and best effort
+never sends them again: the first 4000x3000 frame after a subscriber connected was always lost
+(Fast DDS 2.14 and 3.2). The large-frames profile's ports queue 4096; `first_frame_warning`
+names a profile whose queue is smaller than what it carries.
 
 Two profiles ship in `config/`:
   fastdds_large_data.xml    16 MiB messages (16 MiB segment): up to 2560x2048 rgb8. The default:
@@ -32,8 +43,13 @@ FASTDDS3_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3: Kilted and la
 FASTDDS2_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2: Humble, Iron, Jazzy
 PROFILE_VARIABLES = (FASTDDS3_VARIABLE, FASTDDS2_VARIABLE)
 FASTDDS2_DISTROS = frozenset({"humble", "iron", "jazzy"})
-# Fast DDS's own shared-memory segment when a profile sets none.
+# Fast DDS's own shared-memory segment and port queue (messages) when a profile sets none.
 FASTDDS_DEFAULT_SEGMENT_BYTES = 512 * 1024
+FASTDDS_DEFAULT_PORT_QUEUE = 512
+# Fragments of this many bytes carry a large sensor_msgs/Image when a participant has a UDP
+# transport (Fast DDS 2.14 and 3.2; `fragments_at_64k`); shared memory passes each fragment
+# through the receiver's port queue as a message of its own.
+RTPS_FRAGMENT_BYTES = 65324
 # Serialised header, encoding and field overhead of a sensor_msgs/Image, rounded up.
 IMAGE_MESSAGE_OVERHEAD = 1024
 # Common camera sizes, for saying which fit.
@@ -98,12 +114,10 @@ def _child(element: ET.Element, name: str) -> ET.Element | None:
     return next((c for c in element if _local(c.tag) == name), None)
 
 
-def shared_memory_limit(profile: Path) -> int | None:
-    """Largest message in bytes that the profile's default participant sends over shared memory.
-
-    None when the file cannot be read, when it has no default participant profile, or when
-    that participant has no shared-memory transport of its own (then Fast DDS's defaults apply).
-    """
+def _transports(profile: Path) -> list[dict[str, str]] | None:
+    """The fields of each transport the profile's default participant uses, Fast DDS's built-in
+    ones as {"type": "builtin"} unless turned off; None when the file cannot be read or has no
+    default participant profile."""
     try:
         root = ET.parse(profile).getroot()
     except (OSError, ET.ParseError):
@@ -114,19 +128,73 @@ def shared_memory_limit(profile: Path) -> int | None:
     rtps = _child(participants[0], "rtps")
     user = _child(rtps, "userTransports") if rtps is not None else None
     used = {(e.text or "").strip() for e in user} if user is not None else set()
+    builtin = _child(rtps, "useBuiltinTransports") if rtps is not None else None
+    transports = [] if builtin is not None and (builtin.text or "").strip().lower() == "false" else [{"type": "builtin"}]
     for descriptor in root.iter():
-        if _local(descriptor.tag) != "transport_descriptor":
-            continue
-        fields = {_local(c.tag): (c.text or "").strip() for c in descriptor}
-        if fields.get("transport_id") not in used or fields.get("type", "").upper() != "SHM":
-            continue
-        try:
-            segment = int(fields.get("segment_size") or FASTDDS_DEFAULT_SEGMENT_BYTES)
-            largest = int(fields.get("maxMessageSize") or segment)
-        except ValueError:
-            return None
-        return min(segment, largest)
-    return None
+        if _local(descriptor.tag) == "transport_descriptor":
+            fields = {_local(c.tag): (c.text or "").strip() for c in descriptor}
+            if fields.get("transport_id") in used:
+                transports.append(fields)
+    return transports
+
+
+def _shared_memory_fields(profile: Path) -> dict[str, str] | None:
+    """The fields of the shared-memory transport the profile's default participant uses; None
+    also when it has none of its own (then Fast DDS's defaults apply)."""
+    return next((t for t in _transports(profile) or [] if t.get("type", "").upper() == "SHM"), None)
+
+
+def fragments_at_64k(profile: Path, environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Whether Fast DDS cuts large messages into 64 KiB fragments: it fragments at the smallest
+    maxMessageSize of a participant's transports, so any UDP or TCP one (65,500 bytes at most)
+    decides, and rmw_fastrtps adds a UDPv4 and a default shared-memory transport of its own
+    under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST."""
+    if environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").strip().upper() == "LOCALHOST":
+        return True
+    return any(t.get("type", "").upper() != "SHM" for t in _transports(profile) or [])
+
+
+def shared_memory_limit(profile: Path) -> int | None:
+    """Largest message in bytes that the profile's default participant sends over shared memory
+    (its segment, or a smaller maxMessageSize); None as `_shared_memory_fields`."""
+    fields = _shared_memory_fields(profile)
+    if fields is None:
+        return None
+    try:
+        segment = int(fields.get("segment_size") or FASTDDS_DEFAULT_SEGMENT_BYTES)
+        return min(segment, int(fields.get("maxMessageSize") or segment))
+    except ValueError:
+        return None
+
+
+def port_queue_capacity(profile: Path) -> int | None:
+    """How many messages the profile's shared-memory ports hold (Fast DDS's 512 when unset)."""
+    fields = _shared_memory_fields(profile)
+    try:
+        return None if fields is None else int(fields.get("port_queue_capacity") or FASTDDS_DEFAULT_PORT_QUEUE)
+    except ValueError:
+        return None
+
+
+def first_frame_warning(environ: dict[str, str] | os._Environ = os.environ, rmw: str = "rmw_fastrtps_cpp") -> str | None:
+    """A line for the node's log when its profile carries frames its shared-memory port cannot
+    queue whole: the first such frame after a publisher connects is then lost (module docstring)."""
+    if "fastrtps" not in rmw and "fastdds" not in rmw:
+        return None
+    profile = active_profile(environ)
+    limit = shared_memory_limit(profile) if profile is not None else None
+    capacity = port_queue_capacity(profile) if profile is not None else None
+    if limit is None or capacity is None or capacity * RTPS_FRAGMENT_BYTES >= limit:
+        return None
+    if not fragments_at_64k(profile, environ):  # each frame is one message in the port
+        return None
+    queued = capacity * RTPS_FRAGMENT_BYTES
+    needed = -(-limit // RTPS_FRAGMENT_BYTES)
+    return (f"Fast DDS profile {profile.name}: its shared-memory port queues {capacity} messages ({_mib(queued)} "
+            f"of 64 KiB fragments) but it carries images up to {_mib(limit)}: the first frame over {_mib(queued)} "
+            "after a publisher connects (and any frame larger than all before) is lost while this node's reader "
+            f"grows its buffer; set port_queue_capacity to {needed} or more in the profile "
+            f"({LARGE_FRAMES_PROFILE.name} does)")
 
 
 def largest_rgb8(limit_bytes: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
@@ -162,4 +230,4 @@ def frame_limit_report(environ: dict[str, str] | os._Environ = os.environ, rmw: 
     if too_big and limit < (shared_memory_limit(LARGE_FRAMES_PROFILE) or 0):
         advice = f"; for larger frames use compressed input or {LARGE_FRAMES_PROFILE.name} in every process"
     return (f"Fast DDS profile {profile.name}: images up to {_mib(limit)} reach this node from other processes "
-            f"({', '.join(sizes)}); larger ones are split into fragments and often lost in DDS, unseen by the node{advice}")
+            f"({', '.join(sizes)}); larger ones do not fit its shared-memory segment at once and are often lost in DDS, unseen by the node{advice}")

@@ -1,4 +1,4 @@
-"""Where each segmented instance is in 3-D, from an aligned depth image: numpy only, no ROS.
+"""Where each segmented instance is in 3-D, from an aligned depth image: numpy and OpenCV, no ROS.
 
 The node (and anything else holding masks and a depth image) calls `locate_instances` once per
 frame with the masks the model already produced. For every instance:
@@ -8,15 +8,21 @@ frame with the masks the model already produced. For every instance:
    colour pixel under its centre. Depth is never interpolated: every 3-D point is a real
    reading at a real depth pixel.
 2. Readings that are 0, NaN, infinite, negative or beyond `max_depth` are invalid and left out.
-   Fewer than `min_valid_pixels` valid readings: status TOO_FEW_VALID, counts only.
-3. Outlier rule: a mask that spills over its object's edge picks up background (or occluder)
-   readings far behind (or in front of) the object. With m the median depth of the valid
-   readings and MAD their median absolute deviation from m, a reading is an inlier when
+3. Whose readings they are: a mask spills over its object's edge, so its rim holds background
+   (or occluder) readings even where the object itself has none (IR-black, glossy, too close).
+   The mask's interior (`mask_interior`: the mask eroded by `ERODE_PIXELS` depth pixels, less
+   for thin masks) decides. The instance is located only when the whole mask has at least
+   `min_valid_pixels` valid readings AND at least `min_valid_fraction` of its interior pixels
+   have one; otherwise status TOO_FEW_VALID, counts only. An object with no readings of its own
+   therefore never takes the depth of the wall seen past its edge.
+4. Outlier rule: with m the median depth of the interior's valid readings and MAD their median
+   absolute deviation from m, a reading of the mask is an inlier when
    |z - m| <= max(3 x 1.4826 x MAD, inlier_band): three standard deviations for normally
    spread depths (1.4826 x MAD estimates the standard deviation), never narrower than
    `inlier_band` (flat objects have a MAD near 0, and sensor noise must not cut them).
-   Up to half of the readings can be wrong without moving m.
-4. Inliers are back-projected with the depth camera's intrinsics (OpenCV/ROS convention:
+   Up to half of the interior's readings can be wrong without moving m; the rim's readings
+   count as inliers only when they lie on the object's surface.
+5. Inliers are back-projected with the depth camera's intrinsics (OpenCV/ROS convention:
    pixel centres at integer coordinates), x = (u - cx - s (v - cy) / fy) z / fx,
    y = (v - cy) z / fy. The centre is the per-axis median of the inlier points; the
    axis-aligned box spans their 1st to 99th percentile on each axis (`BOX_PERCENTILES`).
@@ -30,6 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from instructsam_core.errors import UserError
@@ -43,6 +50,12 @@ TOO_FEW_VALID = 2
 BOX_PERCENTILES = (1.0, 99.0)
 MAD_TO_SIGMA = 1.4826
 INLIER_SIGMAS = 3.0
+
+# The mask's interior: the mask eroded by this many depth pixels, fewer when more would leave
+# under MIN_INTERIOR_SHARE of it (a thin object keeps a core).
+ERODE_PIXELS = 2
+MIN_INTERIOR_SHARE = 0.25
+_SQUARES = {r: np.ones((2 * r + 1, 2 * r + 1), np.uint8) for r in range(1, ERODE_PIXELS + 1)}
 
 # Depth encodings a raw depth image may have, with the factor to metres.
 DEPTH_SCALES = {"16UC1": 0.001, "32FC1": 1.0}
@@ -172,6 +185,7 @@ class DepthSettings:
     max_depth: float = 10.0
     min_valid_pixels: int = 20
     inlier_band: float = 0.05
+    min_valid_fraction: float = 0.5  # of the mask's interior pixels
 
 
 @dataclass
@@ -202,28 +216,25 @@ def sorted_quantile(ordered: np.ndarray, q: float) -> float:
     return float(ordered[low]) + (float(ordered[high]) - float(ordered[low])) * (position - low)
 
 
-def partition_median(values: np.ndarray) -> float:
-    """The median (mean of the two middle values for an even count) by one partition."""
-    n = values.size
-    half = n // 2
-    parted = np.partition(values, half)
-    upper = float(parted[half])
-    return upper if n % 2 else (float(parted[:half].max()) + upper) / 2.0
-
-
 def robust_location(x_n: np.ndarray, y_n: np.ndarray, z: np.ndarray, inlier_band: float,
-                    keep_points: bool = False) -> InstanceLocation:
+                    keep_points: bool = False, reference: np.ndarray | None = None) -> InstanceLocation:
     """Centre and box of valid readings with the outlier rule (module docstring).
 
     `z` holds valid readings in metres (at least one), `x_n`, `y_n` the normalised image
-    coordinates of their pixels (x = x_n z, y = y_n z; float32). Returns an OK location.
-    Quantiles come from sorted copies: numpy's vectorised sort is several times faster than
-    np.median or np.percentile on these sizes.
+    coordinates of their pixels (x = x_n z, y = y_n z; float32). `reference` holds the readings
+    whose median and MAD set the inlier band (the mask's interior; all of `z` when None).
+    Returns an OK location. Quantiles come from sorted copies: numpy's vectorised sort is
+    several times faster than np.median or np.percentile on these sizes.
     """
     ordered_z = np.sort(z)
-    median_z = sorted_quantile(ordered_z, 50.0)
-    deviation = np.abs(z - np.float32(median_z))
-    mad = partition_median(deviation)
+    if reference is None or reference.size == z.size:
+        reference, median_z = z, sorted_quantile(ordered_z, 50.0)
+    else:
+        median_z = sorted_quantile(np.sort(reference), 50.0)
+    deviation = np.abs(reference - np.float32(median_z))
+    # A sort, not np.partition: depths repeat (millimetre steps, flat surfaces), and partition
+    # took 0.6 ms where sort took 0.1 ms on 10,000 mostly equal values.
+    mad = sorted_quantile(np.sort(deviation), 50.0)
     band = max(INLIER_SIGMAS * MAD_TO_SIGMA * mad, inlier_band)
     # Inliers lie in [median - band, median + band]: a contiguous run of the sorted depths.
     low_z, high_z = np.float32(median_z - band), np.float32(median_z + band)
@@ -280,6 +291,20 @@ class Backprojection:
         self.skew = np.float32(k.skew / k.fx) if k.skew else None
 
 
+def mask_interior(inside: np.ndarray) -> np.ndarray:
+    """The mask (a window of it, bool) without its rim: eroded by ERODE_PIXELS pixels, or fewer
+    when that would leave less than MIN_INTERIOR_SHARE of it (thin masks keep a core, the
+    thinnest all of it). Outside the window counts as outside the mask. One erosion by a
+    (2r+1)-square is r erosions by a 3x3 one."""
+    mask = np.ascontiguousarray(inside).view(np.uint8)
+    keep = MIN_INTERIOR_SHARE * int(np.count_nonzero(mask))
+    for pixels in range(ERODE_PIXELS, 0, -1):
+        eroded = cv2.erode(mask, _SQUARES[pixels], borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        if np.count_nonzero(eroded) >= keep:
+            return eroded.view(bool)
+    return inside
+
+
 def locate_instance(depth: np.ndarray, scale: float, grid: DepthGrid, rays: Backprojection, mask: np.ndarray,
                     box: tuple[int, int, int, int], settings: DepthSettings, keep_points: bool = False) -> InstanceLocation:
     """One instance: its full-frame colour mask and tight colour box against the depth image."""
@@ -291,15 +316,22 @@ def locate_instance(depth: np.ndarray, scale: float, grid: DepthGrid, rays: Back
     raw = depth[r0:r1, c0:c1][inside]
     metres, valid = valid_readings(raw, scale, settings.max_depth)
     n_valid = int(np.count_nonzero(valid))
+    too_few = InstanceLocation(TOO_FEW_VALID, mask_pixels=int(raw.size), valid_pixels=n_valid)
     if n_valid < max(1, settings.min_valid_pixels):
-        return InstanceLocation(TOO_FEW_VALID, mask_pixels=int(raw.size), valid_pixels=n_valid)
+        return too_few
+    interior = mask_interior(inside)[inside]  # per mask pixel
+    interior_valid = valid & interior
+    n_interior_valid = int(np.count_nonzero(interior_valid))
+    if n_interior_valid == 0 or n_interior_valid < settings.min_valid_fraction * int(np.count_nonzero(interior)):
+        return too_few
+    reference = metres[interior_valid]
     x_n = np.broadcast_to(rays.x[c0:c1], shape)[inside]
     y_n = np.broadcast_to(rays.y[r0:r1, None], shape)[inside]
     if n_valid < valid.size:
         x_n, y_n, metres = x_n[valid], y_n[valid], metres[valid]
     if rays.skew is not None:
         x_n = x_n - rays.skew * y_n
-    location = robust_location(x_n, y_n, metres, settings.inlier_band, keep_points)
+    location = robust_location(x_n, y_n, metres, settings.inlier_band, keep_points, reference)
     location.mask_pixels = int(raw.size)
     location.valid_pixels = n_valid
     return location

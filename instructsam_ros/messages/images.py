@@ -56,6 +56,11 @@ SUPPORTED_ENCODINGS: dict[str, tuple[int, int]] = {
     "bayer_grbg16": (2, 1),
 }
 
+# OpenCV's generic 8-bit types, read as cv_bridge reads them: `imgmsg_to_cv2` passes them through
+# as an OpenCV image of 1, 3 or 4 channels, which OpenCV (and cv_bridge's cvtColorForDisplay)
+# takes as mono, BGR or BGRA. Drivers and tools that publish a cv::Mat by its type write these.
+GENERIC_ENCODINGS: dict[str, str] = {"8uc1": "mono8", "8uc3": "bgr8", "8uc4": "bgra8"}
+
 # Compressed payloads larger than this are refused before decoding (a 16 MB JPEG/PNG is far
 # beyond any camera stream; decoding it could allocate gigabytes).
 MAX_COMPRESSED_BYTES = 64 * 1024 * 1024
@@ -115,7 +120,8 @@ class _PackedImage:
 def image_msg_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     """Decode a `sensor_msgs/Image` of any supported encoding to an HxWx3 uint8 RGB array.
 
-    For packed rgb8 the result is a zero-copy view of the message buffer.
+    For packed rgb8 the result is a zero-copy view of the message buffer. 8UC1, 8UC3 and 8UC4
+    are read as mono8, bgr8 and bgra8 (`GENERIC_ENCODINGS`).
     """
     encoding = msg.encoding.strip().lower()
     if not encoding:
@@ -126,12 +132,13 @@ def image_msg_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
             "on image/compressed with use_compressed:=true",
             "compressed_in_raw_image",
         )
-    if encoding not in SUPPORTED_ENCODINGS:
-        supported = ", ".join(sorted(SUPPORTED_ENCODINGS))
+    layout = GENERIC_ENCODINGS.get(encoding, encoding)  # the encoding whose pixel layout it has
+    if layout not in SUPPORTED_ENCODINGS:
+        supported = ", ".join([*sorted(SUPPORTED_ENCODINGS), *(name.upper() for name in GENERIC_ENCODINGS)])
         raise BadImageError(f"unsupported encoding {msg.encoding!r} (supported: {supported})", "unsupported_encoding")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     _check_size(height, width, max_pixels)
-    pixel_bytes, _ = SUPPORTED_ENCODINGS[encoding]
+    pixel_bytes, _ = SUPPORTED_ENCODINGS[layout]
     row_bytes = width * pixel_bytes
     if encoding in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2") and width % 2:
         raise BadImageError(f"{encoding} needs an even width, got {width}", "odd_width")
@@ -147,7 +154,7 @@ def image_msg_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     if step != row_bytes:
         # Drop the row padding so rosbags-image sees packed rows.
         data = np.ascontiguousarray(data.reshape(height, step)[:, :row_bytes]).reshape(-1)
-    packed = _PackedImage(height, width, encoding, int(msg.is_bigendian), data)
+    packed = _PackedImage(height, width, layout, int(msg.is_bigendian), data)
     try:
         rgb = image_to_cvimage(packed, "rgb8")
     except (ImageError, cv2.error, ValueError, TypeError) as error:

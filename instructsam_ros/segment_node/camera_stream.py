@@ -61,7 +61,7 @@ def depth_options(settings: dict[str, Any], want_points: bool) -> DepthOptions:
         sync_tolerance=float(settings["depth_sync_tolerance"]), queue_size=int(settings["depth_queue_size"]),
         max_pixels=int(settings["max_input_pixels"]), want_points=want_points,
         geometry=DepthSettings(float(settings["max_depth"]), int(settings["depth_min_valid_pixels"]),
-                               float(settings["depth_inlier_band"])),
+                               float(settings["depth_inlier_band"]), float(settings["depth_min_valid_fraction"])),
     )
 
 

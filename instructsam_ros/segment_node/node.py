@@ -44,7 +44,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.utilities import get_rmw_implementation_identifier
 
-from instructsam_ros.dds.profiles import frame_limit_report
+from instructsam_ros.dds.profiles import first_frame_warning, frame_limit_report
 from instructsam_ros.interfaces import Segment
 from instructsam_ros.segment_node.camera_stream import CameraStream, Frame
 from instructsam_ros.segment_node.cameras import camera_list
@@ -143,6 +143,9 @@ class SegmentNode(ParameterHandling, InstructionHandling, InferenceWorker, Segme
         self._worker = threading.Thread(target=self._work, name="instructsam-inference", daemon=True)
         self._worker.start()
         self.get_logger().info(frame_limit_report(os.environ, get_rmw_implementation_identifier()))
+        queue_warning = first_frame_warning(os.environ, get_rmw_implementation_identifier())
+        if queue_warning:
+            self.get_logger().warning(queue_warning)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

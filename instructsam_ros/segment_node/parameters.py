@@ -137,8 +137,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   _in_range(0.0, 1000.0, low_open=True)),
     ParameterSpec("depth_min_valid_pixels", 20, "fewer valid depth readings under a mask: its location is flagged "
                   "TOO_FEW_VALID and not reported", LIVE, _in_range(1, 1 << 24)),
+    ParameterSpec("depth_min_valid_fraction", 0.5, "share of a mask's interior (the mask less a 2-pixel rim, where "
+                  "spill lies) that must hold valid depth readings; less: TOO_FEW_VALID, so an object the sensor "
+                  "cannot see never takes the depth of what lies around it", LIVE, _in_range(0.0, 1.0)),
     ParameterSpec("depth_inlier_band", 0.05, "metres; the outlier rule keeps depths within max(3 x 1.4826 x MAD, this) "
-                  "of the mask's median depth", LIVE, _in_range(0.0, 100.0)),
+                  "of the median depth of the mask's interior", LIVE, _in_range(0.0, 100.0)),
     ParameterSpec("publish_instance_points", True, "publish instance_points (PointCloud2 of every located instance's "
                   "points, field instance_id) while someone subscribes", LIVE),
 )

@@ -1,9 +1,10 @@
 """Child process for the large-frame test: publish rgb8 frames under this process's DDS profile.
 
-  python publish_frames.py TOPIC WxH[,WxH...] SECONDS_PER_SIZE RATE_HZ
+  python publish_frames.py TOPIC WxH[,WxH...] SECONDS_PER_SIZE RATE_HZ [SETTLE_S]
 
-Waits for a subscriber, then publishes zero frames of each size at RATE_HZ with fresh stamps
-(best effort, depth 1, like a camera) and prints one JSON line per frame: {"size", "stamp_ns"}.
+Waits for a subscriber (and SETTLE_S more, default 0), then publishes zero frames of each size
+at RATE_HZ with fresh stamps (best effort, depth 1, like a camera) and prints one JSON line per
+frame: {"size", "stamp_ns"}.
 The Fast DDS profile comes from the environment (dds.profiles.profile_variables names it).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> int:
     deadline = time.monotonic() + 60
     while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)
     for size in sizes:
         width, height = (int(v) for v in size.split("x"))
         msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)

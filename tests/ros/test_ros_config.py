@@ -13,7 +13,9 @@ from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from instructsam_ros.dds.profiles import (
     DEFAULT_PROFILE,
     LARGE_FRAMES_PROFILE,
+    first_frame_warning,
     frame_limit_report,
+    port_queue_capacity,
     profile_variables,
     shared_memory_limit,
 )
@@ -221,6 +223,36 @@ def test_a_profile_of_the_users_own_is_read_for_its_limit(tmp_path):
     assert "images up to 32 MiB" in report and "4096x2160 rgb8 fits, 4000x3000 rgb8 (34.3 MiB) does not" in report
     mine.write_text("<dds><profiles><participant profile_name='p'/></profiles></dds>")
     assert shared_memory_limit(mine) is None  # no default participant: Fast DDS's defaults apply
+
+
+def test_a_port_queue_too_small_for_what_the_profile_carries_is_named(tmp_path):
+    """RTPS sends 65,324-byte fragments; a port must queue every fragment of a whole frame, or
+    the first frame larger than all before is lost while the reader grows its buffer."""
+    assert port_queue_capacity(DEFAULT_PROFILE) == 512  # unset: Fast DDS's default
+    assert port_queue_capacity(LARGE_FRAMES_PROFILE) == 4096
+    assert 4096 * 65324 >= 2 * shared_memory_limit(LARGE_FRAMES_PROFILE)  # two of its largest messages
+    kilted = {"ROS_DISTRO": "kilted"}
+    for profile in (DEFAULT_PROFILE, LARGE_FRAMES_PROFILE):  # 16 MiB in 512 x 64 KiB: fits
+        assert first_frame_warning({**kilted, "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}) is None
+    mine = tmp_path / "mine.xml"
+    text = LARGE_FRAMES_PROFILE.read_text()
+    mine.write_text(text.replace("<port_queue_capacity>4096</port_queue_capacity>", ""))
+    warning = first_frame_warning({"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": str(mine)})
+    # 512 x 65,324 bytes = 31.9 MiB; 64 MiB / 65,324 = 1027.3 fragments.
+    assert "queues 512 messages (31.9 MiB" in warning and "images up to 64 MiB" in warning
+    assert "the first frame over 31.9 MiB" in warning and "port_queue_capacity to 1028 or more" in warning
+    mine.write_text(text.replace("<port_queue_capacity>4096</port_queue_capacity>", "<port_queue_capacity>1028</port_queue_capacity>"))
+    assert first_frame_warning({"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": str(mine)}) is None
+    # Shared memory alone sends a frame as one message (Fast DDS fragments at the smallest
+    # maxMessageSize of the participant's transports), unless rmw_fastrtps adds its own UDPv4,
+    # as it does under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST.
+    mine.write_text(text.replace("<port_queue_capacity>4096</port_queue_capacity>", "")
+                    .replace("<transport_id>instructsam_udp</transport_id>\n        </userTransports>", "</userTransports>"))
+    shm_only = {"ROS_DISTRO": "kilted", "FASTDDS_DEFAULT_PROFILES_FILE": str(mine)}
+    assert "instructsam_udp</transport_id>\n        </userTransports>" not in mine.read_text()
+    assert first_frame_warning(shm_only) is None
+    assert "port_queue_capacity to 1028" in first_frame_warning({**shm_only, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    assert first_frame_warning(kilted) is None and first_frame_warning(kilted, "rmw_cyclonedds_cpp") is None
 
 
 def test_large_data_profile_is_set_only_when_the_user_has_none():

@@ -67,10 +67,11 @@ class DepthProbe:
         node.destroy_publisher(self.info_pub)
         node.destroy_subscription(self.cloud_sub)
 
-    def send(self, depth: Image | None, stamp_offset_s: float = 0.0, timeout: float = 60.0):
+    def send(self, depth: Image | None, stamp_offset_s: float = 0.0, timeout: float = 60.0, rgb: np.ndarray | None = None):
         """Publish CameraInfo, the depth image (stamped `stamp_offset_s` from the colour frame)
-        and the colour frame, again every 2 s until the colour frame's result arrives."""
-        colour = self.probe.frame(FRAME.rgb, frame_id="colour_optical")
+        and the colour frame (`rgb`, FRAME's by default), again every 2 s until the colour
+        frame's result arrives."""
+        colour = self.probe.frame(FRAME.rgb if rgb is None else rgb, frame_id="colour_optical")
         if depth is not None:
             ns = stamp_ns(colour.header.stamp) + int(round(stamp_offset_s * 1e9))
             depth.header.stamp.sec, depth.header.stamp.nanosec = ns // 10**9, ns % 10**9
@@ -188,6 +189,47 @@ def test_half_resolution_depth_is_used_through_its_own_camera_info(depth):
     for instance in result.instances:
         if instance.location.status == instance.location.OK:
             assert instance.location.mask_pixels == pytest.approx(instance.area / 4, rel=0.1)
+
+
+def test_an_object_without_readings_of_its_own_is_not_given_the_walls_depth(depth):
+    """The 13 cm square at 0.65 m that the depth camera cannot see (IR-black, glossy, too close:
+    every reading on it is 0) before a wall at 2.5 m, 60 degree camera. The model's mask spills
+    past the square's edge onto the wall, whose readings are there: more of them than
+    depth_min_valid_pixels, a small share of the mask. The same scene with its readings is
+    located within 2 cm."""
+    k = pinhole(640, 480, 60.0)
+    scene = render([Plate((0.0, 0.0, 0.65), (0.13, 0.13), (40, 160, 60))], k, wall_depth=2.5)
+    truth = scene.masks[0]
+    blind = scene.depth.copy()
+    blind[truth] = 0.0
+    depth.info = camera_info(k)
+    try:
+        seen = depth.send(depth_image(to_16uc1(scene.depth), "16UC1"), rgb=scene.rgb)
+        unseen = depth.send(depth_image(to_16uc1(blind), "16UC1"), rgb=scene.rgb)
+    finally:
+        depth.info = camera_info(K)
+
+    def the_square(result):
+        assert result.depth_status == result.DEPTH_OK, result.depth_problem
+        masks = [(instance, msg_to_mask(instance, 480, 640)) for instance in result.instances]
+        found = [(i, m) for i, m in masks if (m & truth).sum() / (m | truth).sum() > 0.5]
+        assert found, "the model did not find the square"
+        return found[0]
+
+    instance, mask = the_square(seen)
+    location = instance.location
+    assert location.status == location.OK
+    got = (location.center.x, location.center.y, location.center.z)
+    assert float(np.max(np.abs(np.subtract(got, (0.0, 0.0, 0.65))))) <= 0.02, got
+    got_size = (location.box_size.x, location.box_size.y, location.box_size.z)
+    assert float(np.max(np.abs(np.subtract(got_size, (0.13, 0.13, 0.0))))) <= SIZE_TOLERANCE, got_size
+    instance, mask = the_square(unseen)
+    location = instance.location
+    spill = int((mask & ~truth).sum())  # the mask's pixels on the wall: the only readings it has
+    assert location.status == location.TOO_FEW_VALID
+    assert (location.mask_pixels, location.valid_pixels, location.inlier_pixels) == (instance.area, spill, 0)
+    assert spill > 20, "the spill alone passes depth_min_valid_pixels: the share must be what refuses it"
+    assert (location.center.x, location.center.y, location.center.z, location.box_size.x) == (0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("offset_s, cause, words", [(-0.3, "depth_late", "older"), (0.3, "depth_early", "newer")])

@@ -56,6 +56,29 @@ def test_mono8_becomes_grey_rgb():
     np.testing.assert_array_equal(rgb, np.array([[[0, 0, 0], [7, 7, 7], [255, 255, 255]]], np.uint8))
 
 
+def test_generic_8bit_types_are_read_as_cv_bridge_reads_them():
+    """cv_bridge passes 8UC3/8UC1/8UC4 through as OpenCV images, which OpenCV takes as BGR, grey, BGRA."""
+    bgr = np.ascontiguousarray(RGB_2x3[:, :, ::-1])
+    np.testing.assert_array_equal(image_msg_to_rgb(make_msg("8UC3", 2, 3, 9, bgr.tobytes()), BIG), RGB_2x3)
+    padded = np.zeros((2, 10), np.uint8)
+    padded[:, :9] = bgr.reshape(2, 9)
+    padded[:, 9] = 77
+    np.testing.assert_array_equal(image_msg_to_rgb(make_msg("8UC3", 2, 3, 10, padded.tobytes()), BIG), RGB_2x3)
+    grey = np.array([[0, 7, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(image_msg_to_rgb(make_msg("8UC1", 1, 3, 3, grey.tobytes()), BIG),
+                                  np.array([[[0, 0, 0], [7, 7, 7], [255, 255, 255]]], np.uint8))
+    bgra = np.concatenate([bgr, np.full((2, 3, 1), 5, np.uint8)], axis=2)
+    np.testing.assert_array_equal(image_msg_to_rgb(make_msg("8UC4", 2, 3, 12, bgra.tobytes()), BIG), RGB_2x3)
+    # Other generic types carry no colour meaning cv_bridge or this node could use.
+    for encoding, step in (("8UC2", 6), ("16UC3", 18), ("8SC3", 9), ("32FC3", 36)):
+        with pytest.raises(BadImageError, match="unsupported encoding") as caught:
+            image_msg_to_rgb(make_msg(encoding, 2, 3, step, bytes(step * 2)), BIG)
+        assert caught.value.kind == "unsupported_encoding"
+    with pytest.raises(BadImageError, match="shorter than a row") as caught:  # 3 bytes a pixel, as bgr8
+        image_msg_to_rgb(make_msg("8UC3", 2, 3, 8, bytes(16)), BIG)
+    assert caught.value.kind == "short_step"
+
+
 @pytest.mark.parametrize("bigendian", [0, 1])
 def test_mono16_is_scaled_to_8_bits_in_either_byte_order(bigendian):
     values = np.array([[0, 0x1234, 0xFFFF]], dtype=np.uint16)

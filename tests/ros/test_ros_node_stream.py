@@ -137,6 +137,28 @@ def test_rgb8_and_bgr8_of_one_frame_give_the_same_instances(probe):
         np.testing.assert_array_equal(msg_to_mask(x, 80, 120), msg_to_mask(y, 80, 120))
 
 
+def test_8uc3_and_8uc1_frames_are_read_as_bgr8_and_mono8(probe):
+    """The node reads the generic types as cv_bridge does; read as rgb8 the same bytes answer otherwise."""
+    probe.wait_instruction("red circle", test_scene(32, 32))
+    rgb = test_scene(80, 120, seed=6)
+
+    def answer(pixels: np.ndarray, encoding: str, sent_as: str):
+        msg = probe.frame(pixels, encoding)
+        msg.encoding = sent_as
+        result = probe.request(msg)
+        return [i.score for i in result.instances], [msg_to_mask(i, 80, 120) for i in result.instances]
+
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    as_bgr8, as_8uc3, as_rgb8 = (answer(bgr, "bgr8", "bgr8"), answer(bgr, "bgr8", "8UC3"), answer(bgr, "rgb8", "rgb8"))
+    as_mono8, as_8uc1 = answer(grey, "mono8", "mono8"), answer(grey, "mono8", "8UC1")
+    for reference, generic in ((as_bgr8, as_8uc3), (as_mono8, as_8uc1)):
+        assert reference[0] == generic[0] and len(reference[1]) == len(generic[1]) > 0
+        for x, y in zip(reference[1], generic[1]):
+            np.testing.assert_array_equal(x, y)
+    assert as_rgb8[0] != as_8uc3[0]  # the test can tell BGR from RGB on this frame
+
+
 def test_a_new_instruction_applies_to_the_next_frames(probe):
     before = probe.wait_instruction("red circle", test_scene(40, 40))
     probe.instruct("blue squares")
