@@ -11,4 +11,10 @@ export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-87}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # `ros2 launch` for the launch tests (a no-op when installed; skipped without ../shared/wheels).
 bash scripts/install_launch.sh
+# Test paths given (e.g. `bash scripts/test.sh tests/test_masks.py -x`) run alone; else the whole suite.
+for arg in "$@"; do
+  if [ -e "${arg%%::*}" ]; then
+    exec python -m pytest -q "$@"
+  fi
+done
 exec python -m pytest tests -q "$@"
