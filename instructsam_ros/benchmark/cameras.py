@@ -17,6 +17,7 @@ import numpy as np
 from instructsam_core.errors import UserError
 from instructsam_ros.benchmark.session import INSTRUCTION, NAMESPACE, frame_message, hardware
 from instructsam_ros.processes import child_env, start_child, stop_child
+from instructsam_ros.spinning import BackgroundSpinner
 
 
 def process_memory(pid: int) -> tuple[int, int]:
@@ -130,22 +131,12 @@ class CameraSetup:
 
 def run_cameras(args: argparse.Namespace, model: str, model_name: str, scratch: Path) -> dict:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
     width, height = args.sizes[0]
     msg = frame_message(width, height)
     rclpy.init()
     node = rclpy.create_node("instructsam_benchmark")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinning = True
-
-    def spin() -> None:
-        while spinning and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundSpinner(node)
     report = {"model": model_name, "device": args.device, "hardware": hardware(), "instruction": INSTRUCTION,
               "size": f"{width}x{height}", "rate": args.rate, "seconds": args.seconds,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "runs": []}
@@ -165,9 +156,7 @@ def run_cameras(args: argparse.Namespace, model: str, model_name: str, scratch: 
                 report["runs"].append(run)
                 print(json.dumps(run), flush=True)
     finally:
-        spinning = False
-        spinner.join(timeout=5)
-        executor.shutdown(timeout_sec=1)
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
     return report

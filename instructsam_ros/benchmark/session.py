@@ -16,6 +16,7 @@ import numpy as np
 
 from instructsam_core.errors import UserError
 from instructsam_ros.processes import child_env, start_child, stop_child
+from instructsam_ros.spinning import BackgroundSpinner
 
 NAMESPACE = "/instructsam_bench"
 INSTRUCTION = "red circles"  # a bare phrase: the streaming (single-forward) path from frame one
@@ -52,7 +53,6 @@ class Session:
     def __init__(self, model: str, device: str, threshold: float, log_path: Path, namespace: str = NAMESPACE,
                  instruction: str = INSTRUCTION, node_params: tuple[str, ...] = ()) -> None:
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
@@ -76,17 +76,7 @@ class Session:
         self.lock = threading.Lock()
         self.received: dict[int, Any] = {}  # stamp -> what _on_result keeps of the result
         self.sub = self.node.create_subscription(InstanceSegmentation, "segmentation", self._on_result, stream_qos("reliable", 50))
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._spinning = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        import rclpy
-
-        while self._spinning and rclpy.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.spinner = BackgroundSpinner(self.node)
 
     def _on_result(self, msg) -> None:
         now = time.time_ns()
@@ -148,11 +138,9 @@ class Session:
     def close(self) -> None:
         import rclpy
 
-        self._spinning = False
-        self._thread.join(timeout=5)
+        self.spinner.stop()
         stop_child(self.proc, "benchmark: segment node")
         self._log.close()
-        self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()
         rclpy.try_shutdown()
 

@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from instructsam_ros.demo.camera import DEMO_NAMESPACE, camera_main, camera_name
 from instructsam_ros.demo.recorder import Recorder
 from instructsam_ros.demo.scenes import default_instructions, depth_line, synthetic_scene
 from instructsam_ros.processes import child_env, start_child, stop_child
+from instructsam_ros.spinning import BackgroundSpinner
 
 
 def pick_model(model: str, scratch: Path) -> tuple[str, str]:
@@ -85,7 +85,6 @@ def camera_instructions(cameras: list[str], instructions: list[str]) -> list[tup
 
 def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir: Path) -> int:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
@@ -122,16 +121,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
                                  lambda msg, camera=camera: recorder.on_result(camera, msg), stream_qos("reliable", 10))
         node.create_subscription(Image, camera_topic(camera, "overlay"),
                                  lambda msg, camera=camera: recorder.on_overlay(camera, msg), stream_qos("reliable", 10))
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinning = True
-
-    def spin() -> None:
-        while spinning and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundSpinner(node)
     print(f"demo: cameras {', '.join(cameras)} on one segment node; {width}x{height} frames at {args.rate:g} Hz; "
           f"overlays -> {out_dir}/", flush=True)
     if args.depth:
@@ -162,9 +152,7 @@ def _run(args: argparse.Namespace, model: str, instructions: list[str], out_dir:
     finally:
         stop_child(camera_proc, "demo: camera")
         stop_child(node_proc, "demo: segment node")
-        spinning = False
-        spinner.join(timeout=5)
-        executor.shutdown(timeout_sec=1)
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
     saved = sorted(out_dir.glob("overlay_*.png"))
