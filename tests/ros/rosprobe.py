@@ -223,17 +223,30 @@ class Probe:
                     return msg
         return None
 
-    def request(self, msg: Image, timeout: float = 60.0, publisher=None, resend_every: float = 2.0) -> InstanceSegmentation:
-        """Publish `msg` (again every few seconds: best effort may lose it) until its result arrives."""
+    def request(self, msg: Image, timeout: float = 60.0, publisher=None, resend_every: float = 2.0,
+                restamp: bool = False) -> InstanceSegmentation:
+        """Publish `msg` (again every few seconds: best effort may lose it) until its result arrives.
+
+        With `restamp`, each resend carries a fresh stamp (and the result of any stamp sent is
+        taken): a node with a `max_frame_age` drops a resent frame whose first stamp has aged."""
         publisher = publisher or self.image_pub
         deadline = time.monotonic() + timeout
+        sent: list[Time] = []
         while True:
+            if restamp and sent:
+                msg.header.stamp = unique_stamp()
+            sent.append(msg.header.stamp)
             publisher.publish(msg)
+
+            def answered():
+                return next((r for r in map(self.result_for, sent) if r is not None), None)
             try:
-                return wait_for(lambda: self.result_for(msg.header.stamp), min(resend_every, max(0.1, deadline - time.monotonic())), "")
+                return wait_for(answered, min(resend_every, max(0.1, deadline - time.monotonic())), "")
             except AssertionError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"no segmentation for the frame stamped {stamp_ns(msg.header.stamp)} within {timeout:.0f} s") from None
+                    stamps = ", ".join(str(stamp_ns(stamp)) for stamp in sent[-3:])
+                    raise AssertionError(f"no segmentation for the frame ({len(sent)} sent, last stamps {stamps}) "
+                                         f"within {timeout:.0f} s") from None
 
     def instruct(self, text: str) -> None:
         self.instruction_pub.publish(String(data=text))

@@ -59,6 +59,10 @@ def started(command: str, tmp_path, name: str):
     process = RosCommand(command, tmp_path / f"{name}.log", tmp_path)
     try:
         yield process
+    except BaseException:
+        # The node's own account (drops, warnings) next to the failure, in pytest's captured output.
+        print(f"--- the last lines of `{command}`:\n" + "\n".join(process.lines()[-60:]))
+        raise
     finally:
         process.close()
 
@@ -103,7 +107,7 @@ def wait_answer(probe: Probe, publisher, pixels: np.ndarray, instruction: str, t
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = probe.request(probe.frame(pixels, frame_id="colour_optical"), publisher=publisher,
-                               timeout=max(1.0, deadline - time.monotonic()))
+                               timeout=max(1.0, deadline - time.monotonic()), restamp=True)
         if result.instruction == instruction:
             return result
     raise AssertionError(f"no answer under {instruction!r} within {timeout:.0f} s")
@@ -180,23 +184,28 @@ def test_one_camera_with_the_package_parameter_file_starts_clean_and_answers(har
 
 
 def send_rgbd(probe: Probe, image_pub, depth_pub, info_pub, frame, timeout: float = 60.0):
-    """CameraInfo, depth and colour of `frame` with one stamp, again every 2 s until answered."""
+    """CameraInfo, depth and colour of `frame` with one stamp, again every 2 s until answered, each
+    time with a fresh stamp (the launch's max_frame_age drops a frame whose stamp has aged)."""
     colour = probe.frame(frame.rgb, frame_id="colour_optical")
     depth = depth_image(frame.depth, "32FC1")
-    depth.header.stamp, depth.header.frame_id = colour.header.stamp, "depth_optical"
+    depth.header.frame_id = "depth_optical"
     info = camera_info(K)
-    info.header.stamp = colour.header.stamp
     deadline = time.monotonic() + timeout
+    sent = []
     while True:
+        if sent:
+            colour.header.stamp = unique_stamp()
+        depth.header.stamp = info.header.stamp = colour.header.stamp
+        sent.append(colour.header.stamp)
         info_pub.publish(info)
         depth_pub.publish(depth)
         time.sleep(0.02)
         image_pub.publish(colour)
         try:
-            return wait_for(lambda: probe.result_for(colour.header.stamp), 2.0, "")
+            return wait_for(lambda: next(filter(None, map(probe.result_for, sent)), None), 2.0, "")
         except AssertionError:
             if time.monotonic() > deadline:
-                raise AssertionError("no result for the RGB-D frame") from None
+                raise AssertionError(f"no result for the RGB-D frame ({len(sent)} sent)") from None
 
 
 def markers_of(bucket: list[MarkerArray], stamp) -> MarkerArray:
@@ -291,7 +300,7 @@ def test_cameras_in_a_namespace_with_compressed_input_and_an_own_parameter_file(
                      "the node subscribing to both compressed topics")
             for camera, probe in probes.items():
                 jpeg.header.stamp, jpeg.header.frame_id = unique_stamp(), f"{camera}_optical"
-                result = probe.request(jpeg, publisher=publishers[camera], timeout=60)
+                result = probe.request(jpeg, publisher=publishers[camera], timeout=60, restamp=True)
                 assert result.header.frame_id == f"{camera}_optical" and (result.width, result.height) == (640, 480)
             stop(launch)
         finally:
