@@ -26,7 +26,10 @@ def test_the_profile_delivers_every_large_frame_the_first_included(tmp_path):
     """4000x3000 (552 fragments) then 4096x4096 rgb8 (48 MiB), best effort at 2 Hz, each size
     larger than all before: with Fast DDS's 512-message port queue the first of each was lost
     (dds/profiles.py); with the profile's 4096 every frame arrives."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), **{name: str(LARGE_FRAMES_PROFILE) for name in profile_variables()}}
+    # A domain of their own (the session's + 100, still loopback only): no participant or
+    # shared-memory port of an earlier process of the suite there, as on a freshly started robot.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ROS_DOMAIN_ID": str(int(os.environ["ROS_DOMAIN_ID"]) % 100 + 100),
+           **{name: str(LARGE_FRAMES_PROFILE) for name in profile_variables()}}
     topic = "/large_frames_link"
     receiver = subprocess.Popen([sys.executable, str(HERE / "receive_frames.py"), topic, "60", "3"], env=env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
