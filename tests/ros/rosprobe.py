@@ -224,11 +224,12 @@ class Probe:
         return None
 
     def request(self, msg: Image, timeout: float = 60.0, publisher=None, resend_every: float = 2.0,
-                restamp: bool = False) -> InstanceSegmentation:
+                restamp: bool = False, before_each: Callable[[Time], None] | None = None) -> InstanceSegmentation:
         """Publish `msg` (again every few seconds: best effort may lose it) until its result arrives.
 
         With `restamp`, each resend carries a fresh stamp (and the result of any stamp sent is
-        taken): a node with a `max_frame_age` drops a resent frame whose first stamp has aged."""
+        taken): a node with a `max_frame_age` drops a resent frame whose first stamp has aged.
+        `before_each(stamp)` publishes what must precede each send (depth, camera_info)."""
         publisher = publisher or self.image_pub
         deadline = time.monotonic() + timeout
         sent: list[Time] = []
@@ -236,6 +237,8 @@ class Probe:
             if restamp and sent:
                 msg.header.stamp = unique_stamp()
             sent.append(msg.header.stamp)
+            if before_each is not None:
+                before_each(msg.header.stamp)
             publisher.publish(msg)
 
             def answered():

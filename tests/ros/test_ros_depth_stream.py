@@ -76,19 +76,15 @@ class DepthProbe:
             ns = stamp_ns(colour.header.stamp) + int(round(stamp_offset_s * 1e9))
             depth.header.stamp.sec, depth.header.stamp.nanosec = ns // 10**9, ns % 10**9
             depth.header.frame_id = "depth_optical"
-        deadline = time.monotonic() + timeout
-        while True:
-            self.info.header.stamp = colour.header.stamp
+
+        def depth_first(stamp) -> None:
+            self.info.header.stamp = stamp
             self.info_pub.publish(self.info)
             if depth is not None:
                 self.depth_pub.publish(depth)
             time.sleep(0.02)
-            self.probe.image_pub.publish(colour)
-            try:
-                return wait_for(lambda: self.probe.result_for(colour.header.stamp), 2.0, "")
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("no result for the colour frame") from None
+
+        return self.probe.request(colour, timeout=timeout, before_each=depth_first)
 
 
 @pytest.fixture(scope="module")

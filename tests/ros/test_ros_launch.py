@@ -190,22 +190,14 @@ def send_rgbd(probe: Probe, image_pub, depth_pub, info_pub, frame, timeout: floa
     depth = depth_image(frame.depth, "32FC1")
     depth.header.frame_id = "depth_optical"
     info = camera_info(K)
-    deadline = time.monotonic() + timeout
-    sent = []
-    while True:
-        if sent:
-            colour.header.stamp = unique_stamp()
-        depth.header.stamp = info.header.stamp = colour.header.stamp
-        sent.append(colour.header.stamp)
+
+    def depth_first(stamp) -> None:
+        depth.header.stamp = info.header.stamp = stamp
         info_pub.publish(info)
         depth_pub.publish(depth)
         time.sleep(0.02)
-        image_pub.publish(colour)
-        try:
-            return wait_for(lambda: next(filter(None, map(probe.result_for, sent)), None), 2.0, "")
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no result for the RGB-D frame ({len(sent)} sent)") from None
+
+    return probe.request(colour, publisher=image_pub, timeout=timeout, restamp=True, before_each=depth_first)
 
 
 def markers_of(bucket: list[MarkerArray], stamp) -> MarkerArray:
