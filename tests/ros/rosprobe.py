@@ -233,6 +233,10 @@ class Probe:
         publisher = publisher or self.image_pub
         deadline = time.monotonic() + timeout
         sent: list[Time] = []
+
+        def answered() -> InstanceSegmentation | None:
+            return next(filter(None, map(self.result_for, sent)), None)
+
         while True:
             if restamp and sent:
                 msg.header.stamp = unique_stamp()
@@ -240,9 +244,6 @@ class Probe:
             if before_each is not None:
                 before_each(msg.header.stamp)
             publisher.publish(msg)
-
-            def answered():
-                return next((r for r in map(self.result_for, sent) if r is not None), None)
             try:
                 return wait_for(answered, min(resend_every, max(0.1, deadline - time.monotonic())), "")
             except AssertionError:
